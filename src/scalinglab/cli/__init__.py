@@ -1,0 +1,41 @@
+"""Command-line entry point: `scalinglab SUBCOMMAND ...`.
+
+Every subcommand lives in its own module and registers itself on the shared `app`.
+`main` turns a `UserError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from scalinglab.cli.app import app, err_console
+from scalinglab.errors import UserError
+
+# Importing a module registers its subcommands.
+from scalinglab.cli import corpus as _corpus  # noqa: F401,E402
+from scalinglab.cli import train as _train  # noqa: F401,E402
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's own usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+__all__ = ["app", "main"]

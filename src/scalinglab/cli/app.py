@@ -1,0 +1,42 @@
+"""The typer application and the small helpers every subcommand shares.
+
+Subcommand modules import `app` and decorate their functions; they parse arguments, call the
+library and print. Heavy imports (torch, pandas) happen inside the commands so that
+`scalinglab --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="scalinglab",
+    help="Measure the data-versus-parameters question of LM pretraining.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DEFAULT_DB = Path("scalinglab.db")
+
+DbOption = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite); created if missing.")
+
+
+def parse_number(text: str, name: str) -> float:
+    """Parse '2e6', '2M', '1.5k' style numbers given on the command line."""
+    from scalinglab.errors import UserError
+
+    suffixes = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9, "t": 1e12}
+    s = text.strip().lower().replace("_", "")
+    scale = 1.0
+    if s and s[-1] in suffixes:
+        scale, s = suffixes[s[-1]], s[:-1]
+    try:
+        return float(s) * scale
+    except ValueError:
+        raise UserError(f"{name}: cannot read {text!r} as a number (examples: 2e6, 1.5M, 300k)") from None

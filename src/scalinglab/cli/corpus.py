@@ -1,0 +1,1 @@
+"""`scalinglab corpus ...`: prepare corpora and describe them."""

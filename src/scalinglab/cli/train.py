@@ -1,0 +1,1 @@
+"""`scalinglab train`, `scalinglab runs`, `scalinglab export`."""
