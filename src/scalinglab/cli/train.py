@@ -1,1 +1,168 @@
 """`scalinglab train`, `scalinglab runs`, `scalinglab export`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_number
+from scalinglab.errors import UserError
+
+
+def build_config(config: Optional[Path], sets: list[str], **flags):
+    """Config file, then `--set section.field=value`, then explicit flags (None = not given)."""
+    from scalinglab.config import apply_overrides, load_config
+
+    cfg = apply_overrides(load_config(config), sets)
+    sections = {"corpus": cfg.corpus, "model": cfg.model, "train": cfg.train}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        section, name = key.split("__")
+        setattr(sections[section], name, value)
+    if flags.get("model__params") is not None:
+        cfg.model.size = None
+    if flags.get("model__size") is not None:
+        cfg.model.params = None
+    if flags.get("train__tokens") is not None:
+        cfg.train.tpp = None
+    if flags.get("train__tpp") is not None and flags.get("train__tokens") is None:
+        cfg.train.tokens = None
+    return cfg
+
+
+@app.command()
+def train(
+    corpus: Optional[str] = typer.Option(None, help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
+    field: Optional[str] = typer.Option(None, help="JSON-lines field / Parquet column with the text."),
+    glob: Optional[str] = typer.Option(None, help="Files to read from a directory corpus."),
+    tokenizer: Optional[str] = typer.Option(None, help="byte (default) or bpe."),
+    vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary size."),
+    size: Optional[str] = typer.Option(None, help="Model preset: 10k 30k 100k 300k 1m 3m 10m 30m gpt2."),
+    params: Optional[str] = typer.Option(None, help="Any non-embedding parameter count, e.g. 2e5."),
+    tokens: Optional[str] = typer.Option(None, help="Training tokens, e.g. 2e6."),
+    tpp: Optional[float] = typer.Option(None, help="Training tokens per non-embedding parameter (default 20)."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per step (default: size rule)."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence (default 256)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: width rule)."),
+    warmup: Optional[int] = typer.Option(None, help="Warmup steps (default: 5% of the run, 16..256)."),
+    schedule: Optional[str] = typer.Option(None, help="constant | cosine | wsd (default)."),
+    cooldown_frac: Optional[float] = typer.Option(None, help="WSD cooldown share of the run (default 0.2)."),
+    cooldown_shape: Optional[str] = typer.Option(None, help="WSD cooldown shape: 1-sqrt (default) | linear | cosine."),
+    eval_points: Optional[int] = typer.Option(None, help="Evaluations, log-spaced (default 12)."),
+    eval_tokens: Optional[int] = typer.Option(None, help="Tokens per evaluation set (default 65536; 0 = whole val split)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for init and data order."),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda | cuda:N."),
+    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default 1)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile on CUDA."),
+    config: Optional[Path] = typer.Option(None, help="TOML config with [corpus] [model] [train] sections."),
+    set_: list[str] = typer.Option([], "--set", help="Override: section.field=value (repeatable)."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
+    out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<run id>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache (default ~/.cache/scalinglab)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train one model and record every evaluation in the results store."""
+    from scalinglab.corpus import prepare_corpus
+    from scalinglab.model import count_params
+    from scalinglab.progress import RichReporter
+    from scalinglab.store import open_store
+    from scalinglab.train import Diverged, Interrupted, plan_run, train_run
+
+    cfg = build_config(
+        config, set_,
+        corpus__source=corpus, corpus__field=field, corpus__glob=glob, corpus__tokenizer=tokenizer,
+        corpus__vocab_size=vocab_size, model__size=size,
+        model__params=parse_number(params, "--params") if params else None,
+        train__tokens=parse_number(tokens, "--tokens") if tokens else None, train__tpp=tpp,
+        train__batch_size=batch_size, train__seq_len=seq_len, train__lr=lr, train__warmup=warmup,
+        train__schedule=schedule, train__cooldown_frac=cooldown_frac, train__cooldown_shape=cooldown_shape,
+        train__eval_points=eval_points, train__eval_tokens=eval_tokens, train__seed=seed, train__device=device,
+        train__dtype=dtype, train__threads=threads, train__compile=compile,
+    )
+    cfg.validate()
+    store = open_store(db)
+    err_console.print(f"preparing corpus {cfg.corpus.source!r} ({cfg.corpus.tokenizer})...", highlight=False)
+    prepared = prepare_corpus(cfg.corpus, cache_dir)
+    plan = plan_run(cfg, prepared)
+    counts = count_params(plan.model)
+    out_dir = out or Path("runs") / plan.run_id
+    tokens_total = plan.total_steps * plan.batch_tokens
+    err_console.print(
+        f"run {plan.run_id}: {plan.model.n_layer} layers x {plan.model.d_model} wide, N = {counts.non_embedding:,} "
+        f"non-embedding ({counts.total:,} total), {tokens_total:,} tokens "
+        f"({tokens_total / counts.non_embedding:.1f}/param), batch {plan.batch_size}x{plan.seq_len}, "
+        f"lr {plan.lr:.2e}, {plan.schedule.kind}, {plan.total_steps} steps",
+        highlight=False,
+    )
+    reporter = None if quiet else RichReporter(err_console)
+    try:
+        result = train_run(plan, prepared, store, out_dir, resume=resume, reporter=reporter)
+    except Diverged as exc:
+        err_console.print(f"diverged: {exc}; recorded in {db}", highlight=False)
+        raise typer.Exit(1)
+    except Interrupted as exc:
+        err_console.print(f"stopped at step {exc.step}; continue with the same command plus --resume", highlight=False)
+        raise typer.Exit(130)
+    final = result.points[-1] if result.points else None
+    if final:
+        console.print(
+            f"done: val {final['val_loss']:.4f} nats/token, {final['val_bpb']:.4f} bits/byte, "
+            f"train-val gap {final['val_loss'] - final['train_loss']:+.4f}; run {result.run_id} in {out_dir}, "
+            f"points in {db}",
+            highlight=False,
+        )
+
+
+@app.command()
+def runs(db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store."),
+         group: Optional[str] = typer.Option(None, help="Only runs of this study/probe group.")) -> None:
+    """List the runs in the results store."""
+    from rich.table import Table
+
+    from scalinglab.store import open_store
+
+    if not db.exists():
+        raise UserError(f"no results store at {db}; train something first or pass --db")
+    store = open_store(db)
+    table = Table("run", "kind", "status", "N (non-emb)", "tokens", "val loss", "val bpb", "group")
+    for run in store.runs(group=group):
+        points = store.points(run["run_id"])
+        last = points[-1] if points else {}
+        table.add_row(
+            run["run_id"], run["kind"], run["status"], f"{run['n_nonembedding'] or 0:,}",
+            f"{last.get('tokens', 0):,.0f}", _num(last.get("val_loss")), _num(last.get("val_bpb")),
+            run["group_name"] or "",
+        )
+    console.print(table)
+
+
+def _num(value) -> str:  # noqa: ANN001
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def export(
+    output: Path = typer.Argument(..., help="File to write."),
+    format: str = typer.Option("csv", "--format", help="csv or parquet."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store."),
+    all_runs: bool = typer.Option(False, "--all", help="Include runs that did not finish."),
+) -> None:
+    """Write every point joined with its run to CSV or Parquet."""
+    from scalinglab.store import load_points
+
+    if format not in ("csv", "parquet"):
+        raise UserError(f"--format must be csv or parquet, got {format!r}")
+    frame = load_points(db, status=None if all_runs else "done")
+    try:
+        if format == "csv":
+            frame.to_csv(output, index=False)
+        else:
+            frame.to_parquet(output, index=False)
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror}; check the path") from None
+    console.print(f"wrote {len(frame)} points from {frame['run_id'].nunique()} runs to {output}")

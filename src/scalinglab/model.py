@@ -1,0 +1,282 @@
+"""The GPT: pre-norm, RMSNorm, rotary positions, bias-free linears, tied or untied embeddings.
+
+The model knows nothing of devices, precision or parallelism; the training loop places and
+wraps it. Besides `forward` it offers an incremental path with a key/value cache
+(`forward_step`), which the compressor uses so that encoder and decoder compute the same
+probabilities through the same code.
+
+Parameter counts follow one convention, stored with every result:
+- embedding: the token embedding plus, when untied, the output projection;
+- non-embedding: everything else (attention, MLP, norms). "N" in scaling laws means this count.
+FLOPs per training token: 6 x (non-embedding + d_model x vocab, the output projection's matmul)
+plus 6 x n_layer x seq_len x d_model for attention scores and values (Kaplan et al. 2020,
+forward 2x and backward 4x, without causal halving).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scalinglab.errors import UserError
+
+PARAM_CONVENTION = "non_embedding"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a GPT.
+
+    n_layer: transformer blocks. d_model: residual width. n_head: attention heads (d_model must
+    divide evenly; head size must be even for rotary). mlp_ratio: MLP hidden = mlp_ratio x d_model.
+    vocab_size: set from the corpus's tokenizer. tie_embeddings: share the input embedding and
+    output projection. rope_base: rotary frequency base.
+    """
+
+    n_layer: int = 2
+    d_model: int = 64
+    n_head: int = 4
+    mlp_ratio: float = 4.0
+    vocab_size: int = 256
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "d_model", "n_head", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_head:
+            raise UserError(f"d_model ({self.d_model}) must be a multiple of n_head ({self.n_head})")
+        if (self.d_model // self.n_head) % 2:
+            raise UserError(f"head size d_model/n_head = {self.d_model // self.n_head} must be even (rotary)")
+        if not (self.mlp_ratio > 0 and math.isfinite(self.mlp_ratio)):
+            raise UserError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def d_mlp(self) -> int:
+        return int(round(self.mlp_ratio * self.d_model))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    total: int
+    embedding: int
+    non_embedding: int
+
+    def by_convention(self, convention: str = PARAM_CONVENTION) -> int:
+        return {"non_embedding": self.non_embedding, "total": self.total, "embedding": self.embedding}[convention]
+
+
+def count_params(cfg: ModelConfig) -> ParamCounts:
+    """Parameter counts from the shape alone (matches `sum(p.numel())` of the built model)."""
+    c, f = cfg.d_model, cfg.d_mlp
+    per_layer = 4 * c * c + 2 * c * f + 2 * c  # qkv + out, MLP in + out, two norm gains
+    non_emb = cfg.n_layer * per_layer + c  # + final norm gain
+    emb = cfg.vocab_size * c * (1 if cfg.tie_embeddings else 2)
+    return ParamCounts(total=non_emb + emb, embedding=emb, non_embedding=non_emb)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x matmul parameters + the attention term (see module doc)."""
+    matmul_params = count_params(cfg).non_embedding + cfg.d_model * cfg.vocab_size
+    return 6.0 * matmul_params + 6.0 * cfg.n_layer * seq_len * cfg.d_model
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding tables, built lazily for the longest position seen."""
+
+    def __init__(self, head_dim: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
+
+    def tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache[0] < length or self._cache[1] != device:
+            size = max(length, 64)
+            t = torch.arange(size, dtype=torch.float32, device=device)
+            freqs = torch.outer(t, self.inv_freq.to(device))  # (T, hd/2)
+            self._cache = (size, device, freqs.cos(), freqs.sin())
+        return self._cache[2], self._cache[3]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, hd); cos/sin: (T, hd/2). Rotate pairs (first half, second half).
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            # Incremental decoding: the new queries see every cached position and, among
+            # themselves, only earlier ones.
+            past = cache["k"].shape[2] if "k" in cache else 0
+            if past:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+            mask = None
+            if T > 1:
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_mlp, bias=False)
+        self.down = nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.RMSNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin, cache)
+        return x + self.mlp(self.norm2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # GPT-2 style: N(0, 0.02), residual projections scaled down by sqrt(2 x n_layer) so the
+        # residual stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue
+            std = 0.02
+            if name.endswith("proj.weight") or name.endswith("down.weight"):
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer)
+            nn.init.normal_(p, mean=0.0, std=std)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(h)
+        return h @ self.embed.weight.T if self.head is None else self.head(h)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, V)."""
+        T = idx.shape[1]
+        cos, sin = self.rotary.tables(T, idx.device)
+        x = self.embed(idx)  # (B, T, C)
+        for block in self.blocks:
+            x = block(x, cos[:T], sin[:T])
+        return self.logits(x)
+
+    def new_cache(self) -> list[dict]:
+        return [{} for _ in self.blocks]
+
+    def forward_step(self, idx: torch.Tensor, cache: list[dict], pos: int) -> torch.Tensor:
+        """Incremental forward: idx (B, t) at positions pos..pos+t-1 -> logits (B, t, V)."""
+        t = idx.shape[1]
+        cos, sin = self.rotary.tables(pos + t, idx.device)
+        x = self.embed(idx)
+        for block, block_cache in zip(self.blocks, cache):
+            x = block(x, cos[pos : pos + t], sin[pos : pos + t], block_cache)
+        return self.logits(x)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in nats, computed in float32."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+# --- sizes -----------------------------------------------------------------------------------
+
+def default_heads(d_model: int) -> int:
+    head_dim = 64 if d_model >= 256 else 32 if d_model >= 64 else 16
+    return max(1, d_model // head_dim)
+
+
+# Named presets from ~10k to ~125M parameters. Names give the approximate non-embedding count;
+# "gpt2" is GPT-2 small's shape (124M total with a 50257-token vocabulary).
+PRESETS: dict[str, dict] = {
+    "10k": dict(n_layer=1, d_model=28, n_head=1),
+    "30k": dict(n_layer=2, d_model=32, n_head=2),
+    "100k": dict(n_layer=2, d_model=64, n_head=2),
+    "300k": dict(n_layer=3, d_model=96, n_head=3),
+    "1m": dict(n_layer=4, d_model=144, n_head=4),
+    "3m": dict(n_layer=6, d_model=208, n_head=4),
+    "10m": dict(n_layer=8, d_model=320, n_head=5),
+    "30m": dict(n_layer=10, d_model=512, n_head=8),
+    "gpt2": dict(n_layer=12, d_model=768, n_head=12),
+}
+
+
+def preset(name: str, vocab_size: int = 256, **overrides) -> ModelConfig:
+    key = name.lower()
+    if key not in PRESETS:
+        raise UserError(f"unknown size {name!r}; choose one of {', '.join(PRESETS)} or pass --params N")
+    return ModelConfig(**{**PRESETS[key], "vocab_size": vocab_size, **overrides})
+
+
+def shape_for_params(target: float, vocab_size: int = 256, mlp_ratio: float = 4.0, tie_embeddings: bool = True) -> ModelConfig:
+    """The shape whose non-embedding count is closest to `target` (in log space).
+
+    Candidates keep an aspect ratio d_model / n_layer between 16 and 128 (the range where loss
+    depends little on shape, Kaplan et al. 2020) with d_model a multiple of 8 and heads of 16-64
+    dims; among near-equal counts the shape closest to aspect 48 wins.
+    """
+    if not (target > 0 and math.isfinite(target)):
+        raise UserError(f"--params must be a positive number, got {target}")
+    best: tuple[float, float, ModelConfig] | None = None
+    for n_layer in range(1, 49):
+        for d_model in range(16, 4097, 8):
+            aspect = d_model / n_layer
+            if not 16 <= aspect <= 128 and not (n_layer == 1 and d_model <= 128):
+                continue
+            n_head = default_heads(d_model)
+            if d_model % n_head or (d_model // n_head) % 2:
+                continue
+            cfg = ModelConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, mlp_ratio=mlp_ratio,
+                              vocab_size=vocab_size, tie_embeddings=tie_embeddings)
+            miss = abs(math.log(count_params(cfg).non_embedding / target))
+            key = (round(miss, 2), abs(math.log(aspect / 48)))
+            if best is None or key < best[:2]:
+                best = (*key, cfg)
+    assert best is not None
+    return best[2]

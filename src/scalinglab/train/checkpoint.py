@@ -1,0 +1,74 @@
+"""Checkpoints: everything needed to continue a run bit-identically, written atomically.
+
+A checkpoint holds the model, the optimizer (moments and step counts), the training step (which
+fixes the data position and the schedule), RNG states and the resolved config. It is written to
+a temporary file in the same directory and renamed into place, so a kill at any moment leaves
+either the old checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from scalinglab.errors import UserError
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    config: dict, extra: dict[str, Any] | None = None) -> str:
+    """Atomically write a checkpoint; returns its SHA-256."""
+    path = Path(path)
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng": rng_state(),
+        "config": config,
+        "extra": extra or {},
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return file_sha256(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for a damaged file
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}); it may be damaged") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,455 @@
+"""The training loop: one run, resumable, recorded in its directory and the results store.
+
+A run directory holds
+
+    config.json       the resolved config (what `--resume` compares)
+    last.pt           the latest checkpoint (atomic)
+    snap-<step>.pt    kept snapshots (a trunk's branch points)
+    train_loss.f32    the loss of every training batch before its update (float32 per step):
+                      the prequential code length of the run is their sum
+    metrics.jsonl     one line per evaluation point
+    DONE / DIVERGED   markers of how the run ended
+
+Runs are identified by a hash of their resolved config, so starting the same run twice finds
+the same directory and store row. Ctrl-C (or SIGTERM) finishes the current step, writes a
+checkpoint and stops; `resume=True` continues from it and ends bit-identical (on CPU) to a run
+that was never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from scalinglab import __version__
+from scalinglab.config import RunConfig, config_hash, diff_configs, resolve_model
+from scalinglab.corpus.prepare import PreparedCorpus, prepare_corpus
+from scalinglab.device import Placement, place
+from scalinglab.errors import UserError
+from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token, loss_fn
+from scalinglab.store import Store
+from scalinglab.train import hparams
+from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from scalinglab.train.data import BatchSampler, fixed_windows
+from scalinglab.train.schedules import Schedule
+
+
+class Diverged(Exception):
+    """The loss became NaN or inf; the run is recorded as diverged."""
+
+    def __init__(self, run_id: str, step: int, loss: float) -> None:
+        super().__init__(f"run {run_id} diverged at step {step} (loss {loss})")
+        self.run_id, self.step, self.loss = run_id, step, loss
+
+
+class Interrupted(Exception):
+    """Stopped by a signal after writing a checkpoint; resume to continue."""
+
+    def __init__(self, run_id: str, step: int, out_dir: Path) -> None:
+        super().__init__(f"run {run_id} stopped at step {step}; resume with --resume (out: {out_dir})")
+        self.run_id, self.step, self.out_dir = run_id, step, out_dir
+
+
+@dataclass
+class RunPlan:
+    """A run with every number resolved: what to build, how long, where to evaluate."""
+
+    config: RunConfig
+    model: ModelConfig
+    batch_size: int
+    seq_len: int
+    lr: float
+    schedule: Schedule
+    eval_steps: list[int]
+    kind: str = "train"  # train | trunk | branch | cosine | probe:...
+    name: str | None = None
+    group: str | None = None
+    parent_run: str | None = None
+    init_from: str | None = None  # checkpoint a branch starts from
+    snapshot_steps: list[int] = field(default_factory=list)
+    max_unique_tokens: int | None = None  # train on a prefix of the train split only
+    extra: dict = field(default_factory=dict)  # recorded with the run (e.g. a study's milestone)
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedule.total_steps
+
+    @property
+    def batch_tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def resolved(self) -> dict:
+        """The resolved config: what identifies the run and what `--resume` compares."""
+        return {
+            "corpus": self.config.to_dict()["corpus"],
+            "model": self.model.to_dict(),
+            "train": {
+                **{k: v for k, v in self.config.to_dict()["train"].items() if k not in ("tokens", "tpp", "lr", "batch_size", "warmup", "checkpoint_every", "device", "dtype", "threads", "compile", "eval_points")},
+                "batch_size": self.batch_size,
+                "lr": self.lr,
+                "warmup": self.schedule.warmup_steps,
+                "total_steps": self.total_steps,
+                "tokens": self.total_steps * self.batch_tokens,
+                "decay_start": self.schedule.decay_start,
+                "schedule": self.schedule.kind,
+                "eval_steps": self.eval_steps,
+            },
+            "kind": self.kind,
+            "parent_run": self.parent_run,
+            "init_from_step": self.extra.get("init_from_step"),
+            "max_unique_tokens": self.max_unique_tokens,
+        }
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.kind.replace(':', '-')}-{config_hash(self.resolved())}"
+
+
+def plan_run(cfg: RunConfig, corpus: PreparedCorpus, *, kind: str = "train") -> RunPlan:
+    """Resolve a user's config into a plan: model shape, budget, batch, LR, schedule, evals."""
+    cfg.validate()
+    model = resolve_model(cfg.model, corpus.vocab_size)
+    n = count_params(model).non_embedding
+    t = cfg.train
+    tokens = t.tokens if t.tokens is not None else t.tpp * n
+    batch_size = t.batch_size or hparams.default_batch_size(n, t.seq_len)
+    total_steps = max(1, math.ceil(tokens / (batch_size * t.seq_len)))
+    warmup = t.warmup if t.warmup is not None else hparams.default_warmup(total_steps)
+    warmup = min(warmup, total_steps)
+    decay_start = None
+    if t.schedule == "wsd":
+        decay_start = total_steps - max(1, round(t.cooldown_frac * total_steps))
+        decay_start = max(decay_start, warmup)
+    schedule = Schedule(kind=t.schedule, total_steps=total_steps, warmup_steps=warmup, decay_start=decay_start,
+                        shape=t.cooldown_shape, min_lr_frac=t.min_lr_frac)
+    return RunPlan(config=cfg, model=model, batch_size=batch_size, seq_len=t.seq_len,
+                   lr=t.lr or hparams.default_lr(model.d_model), schedule=schedule,
+                   eval_steps=log_spaced_steps(total_steps, t.eval_points), kind=kind, name=cfg.name)
+
+
+def log_spaced_steps(total_steps: int, count: int, first: int | None = None) -> list[int]:
+    """About `count` distinct steps, log-spaced, ending at `total_steps`."""
+    first = first or max(1, total_steps // 100)
+    if count <= 1 or total_steps <= first:
+        return [total_steps]
+    steps = np.unique(np.round(np.geomspace(first, total_steps, count)).astype(int))
+    return [int(s) for s in steps]
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, windows: torch.Tensor, token_bytes: torch.Tensor, placement: Placement,
+             batch_size: int = 32) -> tuple[float, float]:
+    """(mean nats/token, bits/byte) of `model` on fixed windows (n, T+1)."""
+    was_training = model.training
+    model.eval()
+    total_nats, total_tokens, total_bytes = 0.0, 0, 0
+    for i in range(0, len(windows), batch_size):
+        rows = windows[i : i + batch_size].to(placement.device)
+        x, y = rows[:, :-1], rows[:, 1:]
+        with _autocast(placement):
+            logits = model(x)
+        nats = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
+        )
+        total_nats += float(nats)
+        total_tokens += y.numel()
+        total_bytes += int(token_bytes[y.cpu()].sum())
+    model.train(was_training)
+    return total_nats / total_tokens, total_nats / math.log(2) / max(total_bytes, 1)
+
+
+def _autocast(placement: Placement):
+    if placement.autocast:
+        return torch.autocast(device_type=placement.device.type, dtype=placement.dtype)
+    return nullcontext()
+
+
+# --- signals ---------------------------------------------------------------------------------
+
+@contextmanager
+def _stop_requests() -> Iterator[dict]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (a step is never torn)."""
+    flag = {"stop": False}
+
+    def handler(signum, frame):  # noqa: ANN001
+        if flag["stop"]:  # a second Ctrl-C gets the default behaviour
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = {}
+    in_main = hasattr(signal, "SIGINT") and _is_main_thread()
+    if in_main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+class Reporter:
+    """Receives progress from the loop. The default does nothing; the CLI shows a progress bar."""
+
+    def start(self, plan: RunPlan, step: int) -> None: ...
+    def step(self, step: int, tokens: int, loss: float, tokens_per_s: float) -> None: ...
+    def point(self, record: dict) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    status: str  # done | diverged | interrupted
+    out_dir: Path
+    steps: int
+    points: list[dict]
+
+
+def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, *, resume: bool = False,
+              reporter: Reporter | None = None, stop_at_step: int | None = None,
+              on_step: Callable[[int], None] | None = None) -> RunResult:
+    """Train one run to the end of its plan (or to `stop_at_step`, for tests and tooling).
+
+    Raises `Diverged` after recording a NaN/inf loss, `Interrupted` after checkpointing on a
+    signal, `UserError` when `out_dir` holds a different run or a run without `resume`.
+    """
+    reporter = reporter or Reporter()
+    out_dir = Path(out_dir)
+    resolved = plan.resolved()
+    run_id = plan.run_id
+    _claim_directory(out_dir, resolved, resume)
+
+    if (out_dir / "DONE").exists():
+        return RunResult(run_id, "done", out_dir, plan.total_steps, store.points(run_id))
+    if (out_dir / "DIVERGED").exists():
+        info = json.loads((out_dir / "DIVERGED").read_text())
+        raise Diverged(run_id, info["step"], info["loss"])
+
+    t = plan.config.train
+    placement = place(t.device, t.dtype, t.threads)
+    counts = count_params(plan.model)
+    fpt = flops_per_token(plan.model, plan.seq_len)
+    sampler = BatchSampler(corpus.tokens("train"), plan.seq_len, plan.batch_size, t.seed, plan.max_unique_tokens)
+    store.upsert_run(
+        run_id, name=plan.name or run_id, kind=plan.kind, status="running", parent_run=plan.parent_run,
+        group_name=plan.group, config={**resolved, "extra": plan.extra}, n_total=counts.total,
+        n_embedding=counts.embedding, n_nonembedding=counts.non_embedding, param_convention=PARAM_CONVENTION,
+        flops_per_token=fpt, corpus_key=corpus.key, corpus_hash=corpus.content_hash, tokenizer=corpus.tokenizer_name,
+        unique_train_tokens=sampler.unique_tokens, seed=t.seed, device=placement.describe(),
+        dtype=str(placement.dtype).removeprefix("torch."), versions=_versions(), out_dir=str(out_dir.resolve()),
+    )
+
+    torch.manual_seed(t.seed)
+    model = GPT(plan.model).to(placement.device)
+    optimizer = _make_optimizer(model, plan, placement)
+    step, wall, window = 0, 0.0, (0.0, 0)
+    last = out_dir / "last.pt"
+    start = last if last.exists() else (Path(plan.init_from) if plan.init_from else None)
+    if start is not None:
+        state = load_checkpoint(start)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step, wall = state["step"], state["extra"].get("wall_time", 0.0)
+        if start == last:
+            window = tuple(state["extra"].get("window", (0.0, 0)))
+    first_step = int(plan.extra.get("init_from_step") or 0)  # a branch logs from its trunk step on
+    loss_log = _LossLog(out_dir / "train_loss.f32", keep=step - first_step)
+    token_bytes = torch.as_tensor(corpus.token_bytes)
+    val_windows = fixed_windows(corpus.tokens("val"), plan.seq_len, t.eval_tokens)
+    train_windows = fixed_windows(corpus.tokens("train")[: sampler.unique_tokens], plan.seq_len,
+                                  int(val_windows.shape[0] * plan.seq_len))
+    run_model = torch.compile(model) if (t.compile and placement.device.type == "cuda") else model
+    pending_evals = [s for s in plan.eval_steps if s > step]
+    end = plan.total_steps if stop_at_step is None else min(plan.total_steps, stop_at_step)
+    points: list[dict] = []
+    last_ckpt_time = time.monotonic()
+    window_loss, window_steps = window  # mean training-batch loss since the last evaluation
+
+    def save(path: Path, artifact_kind: str | None = None) -> str:
+        loss_log.flush()  # the loss log must never be shorter than a checkpoint's step
+        sha = save_checkpoint(path, model=model, optimizer=optimizer, step=step, config=resolved,
+                              extra={"wall_time": wall, "window": (window_loss, window_steps)})
+        if artifact_kind:
+            store.add_artifact(run_id, artifact_kind, path, sha, step)
+        return sha
+
+    reporter.start(plan, step)
+    try:
+        with _stop_requests() as stop:
+            while step < end:
+                t0 = time.perf_counter()
+                lr = plan.lr * plan.schedule.multiplier(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x, y = sampler.batch(step)
+                x, y = x.to(placement.device, non_blocking=True), y.to(placement.device, non_blocking=True)
+                with _autocast(placement):
+                    loss = loss_fn(run_model(x), y)
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    _record_divergence(store, out_dir, run_id, step, loss_value, loss_log)
+                    raise Diverged(run_id, step, loss_value)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                optimizer.step()
+                step += 1
+                dt = time.perf_counter() - t0
+                wall += dt
+                loss_log.append(loss_value)
+                window_loss, window_steps = window_loss + loss_value, window_steps + 1
+                reporter.step(step, step * plan.batch_tokens, loss_value, plan.batch_tokens / max(dt, 1e-9))
+                if on_step:
+                    on_step(step)
+
+                if step in plan.snapshot_steps:
+                    save(out_dir / f"snap-{step}.pt", "snapshot")
+                if pending_evals and step >= pending_evals[0]:
+                    pending_evals.pop(0)
+                    record = _evaluate_point(model, plan, placement, sampler, val_windows, train_windows, token_bytes,
+                                             step, wall, fpt, window_loss / window_steps, lr)
+                    window_loss, window_steps = 0.0, 0
+                    store.add_point(run_id, **record)
+                    points.append(record)
+                    with open(out_dir / "metrics.jsonl", "a") as fh:
+                        fh.write(json.dumps({k: v for k, v in record.items()}) + "\n")
+                    reporter.point(record)
+                    save(last)
+                    last_ckpt_time = time.monotonic()
+                elif time.monotonic() - last_ckpt_time > t.checkpoint_every:
+                    save(last)
+                    last_ckpt_time = time.monotonic()
+                if stop["stop"]:
+                    save(last)
+                    store.upsert_run(run_id, status="interrupted", message=f"stopped at step {step}")
+                    raise Interrupted(run_id, step, out_dir)
+
+        if step < plan.total_steps:  # stop_at_step: leave a resumable checkpoint behind
+            save(last)
+            store.upsert_run(run_id, status="interrupted", message=f"stopped at step {step}")
+            return RunResult(run_id, "interrupted", out_dir, step, store.points(run_id))
+        sha = save(last, "checkpoint")
+    finally:
+        reporter.close()
+        loss_log.close()
+
+    (out_dir / "DONE").write_text(json.dumps({"step": step, "sha256": sha}))
+    store.upsert_run(run_id, status="done", message=None)
+    return RunResult(run_id, "done", out_dir, step, store.points(run_id))
+
+
+def _evaluate_point(model, plan: RunPlan, placement, sampler, val_windows, train_windows, token_bytes, step: int,
+                    wall: float, fpt: float, batch_loss: float, lr: float) -> dict:
+    val_loss, val_bpb = evaluate(model, val_windows, token_bytes, placement)
+    train_loss, train_bpb = evaluate(model, train_windows, token_bytes, placement)
+    tokens = step * plan.batch_tokens
+    return dict(
+        step=step, tokens=tokens, flops=tokens * fpt, train_loss=train_loss, val_loss=val_loss,
+        val_bpb=val_bpb, train_bpb=train_bpb, epoch=sampler.epochs_at(step), phase=plan.schedule.phase(step - 1),
+        lr=lr, wall_time=wall, tokens_per_s=(tokens / wall if wall > 0 else None),
+        extra={"batch_loss": batch_loss},
+    )
+
+
+def _record_divergence(store: Store, out_dir: Path, run_id: str, step: int, loss: float, loss_log: "_LossLog") -> None:
+    loss_log.flush()
+    (out_dir / "DIVERGED").write_text(json.dumps({"step": step, "loss": str(loss)}))
+    store.upsert_run(run_id, status="diverged", diverged_step=step, message=f"loss {loss} at step {step}")
+
+
+def _make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
+    t = plan.config.train
+    # Weight decay on matrices only; norms' gains and (tied) embeddings are left undecayed.
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = placement.device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=plan.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=fused or None)
+
+
+def _claim_directory(out_dir: Path, resolved: dict, resume: bool) -> None:
+    """Make `out_dir` this run's directory, refusing to mix runs."""
+    config_path = out_dir / "config.json"
+    if config_path.exists():
+        old = json.loads(config_path.read_text())
+        if old != json.loads(json.dumps(resolved)):
+            changes = "; ".join(diff_configs(old, json.loads(json.dumps(resolved)))[:4])
+            raise UserError(f"{out_dir} holds a run with a different config ({changes}); use another --out")
+        if not resume and not (out_dir / "DONE").exists():
+            raise UserError(f"{out_dir} already holds this run; pass --resume to continue it, or another --out")
+        return
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run directory {out_dir}: {exc.strerror}; pass another --out") from None
+    if any(out_dir.iterdir()):
+        raise UserError(f"{out_dir} is not empty and holds no scalinglab run; pass another --out")
+    tmp = config_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    os.replace(tmp, config_path)
+
+
+def _versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "scalinglab": __version__,
+            "numpy": np.__version__}
+
+
+class _LossLog:
+    """Append-only float32 log of per-step training losses, cut back to a checkpoint on resume."""
+
+    def __init__(self, path: Path, keep: int) -> None:
+        self.path = path
+        mode = "r+b" if path.exists() else "w+b"
+        self._fh = open(path, mode)
+        self._fh.truncate(keep * 4)
+        self._fh.seek(keep * 4)
+        self._buffer: list[float] = []
+
+    def append(self, value: float) -> None:
+        self._buffer.append(value)
+        if len(self._buffer) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._fh.write(np.asarray(self._buffer, dtype=np.float32).tobytes())
+            self._buffer.clear()
+        self._fh.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._fh.close()
+
+
+def read_loss_log(out_dir: Path) -> np.ndarray:
+    """Per-step training losses (nats/token, before each update) of a run."""
+    path = Path(out_dir) / "train_loss.f32"
+    return np.fromfile(path, dtype=np.float32) if path.exists() else np.zeros(0, dtype=np.float32)
+
+
+def prepare_for(cfg: RunConfig, cache_dir: Path | None = None) -> PreparedCorpus:
+    return prepare_corpus(cfg.corpus, cache_dir)
