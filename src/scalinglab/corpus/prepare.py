@@ -109,6 +109,11 @@ class PreparedCorpus:
     def tokenizer(self) -> Tokenizer:
         return load_tokenizer(self.path)
 
+    def tokenizer_json(self) -> str | None:
+        """The trained BPE tokenizer as JSON text (None for the byte tokenizer)."""
+        path = self.path / "tokenizer.json"
+        return path.read_text() if path.exists() else None
+
     @cached_property
     def token_bytes(self) -> np.ndarray:
         """Bytes of original text behind each token id (for bits per byte)."""

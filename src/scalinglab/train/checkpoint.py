@@ -32,8 +32,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    config: dict, extra: dict[str, Any] | None = None) -> str:
-    """Atomically write a checkpoint; returns its SHA-256."""
+                    config: dict, extra: dict[str, Any] | None = None, tokenizer: dict | None = None) -> str:
+    """Atomically write a checkpoint; returns its SHA-256.
+
+    `tokenizer` ({"spec": ..., "json": <HF tokenizer JSON or None>}) makes the checkpoint
+    self-contained: a compressor can rebuild the tokenizer without the corpus cache.
+    """
     path = Path(path)
     payload = {
         "model": model.state_dict(),
@@ -42,6 +46,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         "rng": rng_state(),
         "config": config,
         "extra": extra or {},
+        "tokenizer": tokenizer,
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -72,3 +77,38 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file from a path that is a `.pt` file or a run directory (its `last.pt`)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}; give a run directory or a .pt file")
+    return path
+
+
+def load_model(path: str | Path) -> tuple["torch.nn.Module", dict]:
+    """The trained model (eval mode, CPU, float32) and the checkpoint payload from a run
+    directory or checkpoint file. The payload holds `config` (the resolved run config),
+    `step` and `tokenizer`."""
+    from scalinglab.model import GPT, ModelConfig
+
+    state = load_checkpoint(resolve_checkpoint(path))
+    model = GPT(ModelConfig(**state["config"]["model"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, state
+
+
+def tokenizer_from_checkpoint(state: dict):
+    """Rebuild the tokenizer a checkpoint was trained with."""
+    from scalinglab.corpus.tokenizers import BPETokenizer, ByteTokenizer
+
+    info = state.get("tokenizer") or {"spec": {"kind": "byte"}}
+    if info["spec"]["kind"] == "byte":
+        return ByteTokenizer()
+    from tokenizers import Tokenizer as HFTokenizer
+
+    return BPETokenizer(HFTokenizer.from_str(info["json"]))

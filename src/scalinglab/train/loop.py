@@ -288,10 +288,13 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
     last_ckpt_time = time.monotonic()
     window_loss, window_steps = window  # mean training-batch loss since the last evaluation
 
+    tokenizer_info = {"spec": corpus.meta["tokenizer"], "json": corpus.tokenizer_json()}
+
     def save(path: Path, artifact_kind: str | None = None) -> str:
         loss_log.flush()  # the loss log must never be shorter than a checkpoint's step
         sha = save_checkpoint(path, model=model, optimizer=optimizer, step=step, config=resolved,
-                              extra={"wall_time": wall, "window": (window_loss, window_steps)})
+                              extra={"wall_time": wall, "window": (window_loss, window_steps)},
+                              tokenizer=tokenizer_info)
         if artifact_kind:
             store.add_artifact(run_id, artifact_kind, path, sha, step)
         return sha
