@@ -19,9 +19,14 @@ from scalinglab.cli import probe as _probe  # noqa: F401,E402
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        from rich.text import Text
+
+        err_console.print(Text("error: ", style="bold red") + Text(str(exc)), soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -19,8 +19,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Markup off: paths and messages may contain [brackets] that must print as they are.
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
 
 DEFAULT_DB = Path("scalinglab.db")
 

@@ -26,8 +26,6 @@ def build_config(config: Optional[Path], sets: list[str], **flags):
         cfg.model.size = None
     if flags.get("model__size") is not None:
         cfg.model.params = None
-    if flags.get("train__tokens") is not None:
-        cfg.train.tpp = None
     if flags.get("train__tpp") is not None and flags.get("train__tokens") is None:
         cfg.train.tokens = None
     return cfg

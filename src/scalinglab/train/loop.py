@@ -263,7 +263,7 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
 
     torch.manual_seed(t.seed)
     model = GPT(plan.model).to(placement.device)
-    optimizer = _make_optimizer(model, plan, placement)
+    optimizer = make_optimizer(model, plan, placement)
     step, wall, window = 0, 0.0, (0.0, 0)
     last = out_dir / "last.pt"
     start = last if last.exists() else (Path(plan.init_from) if plan.init_from else None)
@@ -305,21 +305,10 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
             while step < end:
                 t0 = time.perf_counter()
                 lr = plan.lr * plan.schedule.multiplier(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = sampler.batch(step)
-                x, y = x.to(placement.device, non_blocking=True), y.to(placement.device, non_blocking=True)
-                with _autocast(placement):
-                    loss = loss_fn(run_model(x), y)
-                loss_value = float(loss.detach())
+                loss_value = train_step(run_model, optimizer, *sampler.batch(step), lr, t.grad_clip, placement)
                 if not math.isfinite(loss_value):
                     _record_divergence(store, out_dir, run_id, step, loss_value, loss_log)
                     raise Diverged(run_id, step, loss_value)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                optimizer.step()
                 step += 1
                 dt = time.perf_counter() - t0
                 wall += dt
@@ -365,6 +354,29 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
     return RunResult(run_id, "done", out_dir, step, store.points(run_id))
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
+               grad_clip: float, placement: Placement) -> float:
+    """One update on batch (x, y); returns the batch loss before the update (nats/token).
+
+    A NaN/inf loss returns before touching the weights, so a diverged run's last checkpoint
+    and weights stay as they were.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x, y = x.to(placement.device, non_blocking=True), y.to(placement.device, non_blocking=True)
+    with _autocast(placement):
+        loss = loss_fn(model(x), y)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        return loss_value
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss_value
+
+
 def _evaluate_point(model, plan: RunPlan, placement, sampler, val_windows, train_windows, token_bytes, step: int,
                     wall: float, fpt: float, batch_loss: float, lr: float) -> dict:
     val_loss, val_bpb = evaluate(model, val_windows, token_bytes, placement)
@@ -384,7 +396,7 @@ def _record_divergence(store: Store, out_dir: Path, run_id: str, step: int, loss
     store.upsert_run(run_id, status="diverged", diverged_step=step, message=f"loss {loss} at step {step}")
 
 
-def _make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
     t = plan.config.train
     # Weight decay on matrices only; norms' gains and (tied) embeddings are left undecayed.
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]

@@ -1,0 +1,5 @@
+"""`python -m scalinglab ...` is the same as the `scalinglab` command."""
+
+from scalinglab.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""Shared fixtures: a private corpus cache, small generated corpora, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test uses a private corpus cache (shared within the session) and one torch thread."""
+    cache = tmp_path_factory.getbasetemp() / "corpus-cache"
+    monkeypatch.setenv("SCALINGLAB_CACHE", str(cache))
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def make_text(n_bytes: int, seed: int = 0) -> str:
+    """Text with learnable structure: Python-like lines built from a small grammar."""
+    rng = random.Random(seed)
+    names = ["alpha", "beta", "gamma", "delta", "value", "count", "item", "total", "index", "result"]
+    ops = ["+", "-", "*", "//"]
+    lines = []
+    size = 0
+    while size < n_bytes:
+        kind = rng.random()
+        a, b = rng.choice(names), rng.choice(names)
+        if kind < 0.4:
+            line = f"{a} = {b} {rng.choice(ops)} {rng.randint(0, 99)}"
+        elif kind < 0.7:
+            line = f"for {a} in range({rng.randint(1, 20)}):\n    {b} += {a}"
+        else:
+            line = f"def {a}_{b}({a}, {b}):\n    return {a} {rng.choice(ops)} {b}"
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def text_corpus(tmp_path_factory) -> Path:
+    """A ~120 kB structured text file (cut into ~30 documents of 4 kB by the text source)."""
+    path = tmp_path_factory.mktemp("corpora") / "code.txt"
+    path.write_text(make_text(120_000))
+    return path
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run `scalinglab ARGS...` in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        from scalinglab.cli import main
+
+        monkeypatch.setattr(sys, "argv", ["scalinglab", *map(str, args)])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -1,0 +1,115 @@
+"""The command line: the newcomer's path and every bad input (one clear line, exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+TINY = ["--set", "model.size='10k'", "--tokens", "8000", "--batch-size", "4", "--seq-len", "64",
+        "--eval-points", "2", "--eval-tokens", "1024", "--quiet"]
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.fixture
+def trained(run_cli, text_corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("train", "--corpus", text_corpus, *TINY, "--out", "runs/a")
+    assert code == 0, err
+    return tmp_path
+
+
+def test_train_runs_and_lists_and_exports(trained, run_cli):
+    code, out, _ = run_cli("runs")
+    assert code == 0 and "done" in out
+    code, out, _ = run_cli("export", "points.csv")
+    assert code == 0 and (trained / "points.csv").read_text().count("\n") == 3  # header + 2 points
+    code, out, _ = run_cli("export", "points.parquet", "--format", "parquet")
+    assert code == 0 and (trained / "points.parquet").stat().st_size > 0
+
+
+def test_corpus_info_prints_splits_and_baselines(run_cli, text_corpus):
+    code, out, err = run_cli("corpus", "info", text_corpus)
+    assert code == 0, err
+    assert "train" in out and "val" in out and "test" in out
+    assert "gzip-9" in out and "xz-9" in out and "bits/byte" in out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--corpus", "/no/such/corpus.txt"], "corpus not found"),
+        (["--tokens", "-5"], "--tokens must be a positive number"),
+        (["--tpp", "0"], "--tpp must be a positive number"),
+        (["--set", "model.n_layer=2", "--set", "model.d_model=0"], "d_model must be a positive integer"),
+        (["--schedule", "linear"], "unknown schedule"),
+        (["--tokens", "lots"], "cannot read 'lots' as a number"),
+        (["--set", "train.lrr=1"], "unknown field(s) in [train]"),
+    ],
+)
+def test_bad_numbers_and_paths(run_cli, text_corpus, tmp_path, monkeypatch, args, needle):
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--corpus", text_corpus, *TINY]
+    code, _, err = run_cli(*base, *args)
+    assert_one_line_error(code, err, needle)
+
+
+def test_bad_corpora(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert_one_line_error(*run_cli("corpus", "info", empty)[::2], "no non-empty documents")
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("one line\n")
+    assert_one_line_error(*run_cli("corpus", "info", tiny)[::2], "at least 3")
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"body": "x" * 50}) for _ in range(5)))
+    assert_one_line_error(*run_cli("corpus", "info", jsonl)[::2], "field 'text'", "--field")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["x" * 50] * 5}), tmp_path / "c.parquet")
+    assert_one_line_error(*run_cli("corpus", "info", tmp_path / "c.parquet")[::2], "no column 'text'")
+    (tmp_path / "dir").mkdir()
+    assert_one_line_error(*run_cli("corpus", "info", tmp_path / "dir", "--glob", "*.md")[::2], "no files match")
+
+
+def test_resume_with_a_different_config_is_refused(trained, run_cli, text_corpus):
+    args = ["train", "--corpus", text_corpus, *TINY, "--out", "runs/a", "--resume"]
+    code, _, err = run_cli(*args[:-1], "--lr", "1e-2", "--resume")
+    assert_one_line_error(code, err, "different config", "lr")
+    code, _, err = run_cli(*args)  # the same config resumes (here: finds it done)
+    assert code == 0, err
+
+
+def test_an_unfinished_run_needs_resume(run_cli, text_corpus, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "b"
+    run_dir.mkdir(parents=True)
+    (run_dir / "notes.txt").write_text("mine")
+    code, _, err = run_cli("train", "--corpus", text_corpus, *TINY, "--out", run_dir)
+    assert_one_line_error(code, err, "not empty")
+    assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_a_foreign_database_is_refused_and_nothing_stored_is_lost(trained, run_cli, text_corpus):
+    foreign = trained / "shop.db"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE orders (id INTEGER)")
+    con.commit()
+    con.close()
+    code, _, err = run_cli("train", "--corpus", text_corpus, *TINY, "--db", foreign)
+    assert_one_line_error(code, err, "not a scalinglab results store")
+    code, _, err = run_cli("runs", "--db", foreign)
+    assert_one_line_error(code, err, "not a scalinglab results store")
+    # the workspace's own store still holds its run after all those failures
+    code, out, _ = run_cli("runs")
+    assert code == 0 and "done" in out

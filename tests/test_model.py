@@ -1,0 +1,65 @@
+"""The GPT: parameter counts by convention, FLOPs, shapes, incremental decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scalinglab.errors import UserError
+from scalinglab.model import GPT, ModelConfig, count_params, flops_per_token, preset, shape_for_params
+
+
+def test_parameter_counts_match_a_hand_count():
+    cfg = ModelConfig(n_layer=2, d_model=64, n_head=2, mlp_ratio=4.0, vocab_size=256, tie_embeddings=True)
+    # per layer: qkv 3*64*64 + out 64*64 + MLP 2*64*256 + two norm gains 2*64
+    per_layer = 12288 + 4096 + 32768 + 128
+    counts = count_params(cfg)
+    assert counts.non_embedding == 2 * per_layer + 64 == 98624
+    assert counts.embedding == 256 * 64
+    model = GPT(cfg)
+    assert sum(p.numel() for p in model.parameters()) == counts.total
+    untied = ModelConfig(n_layer=2, d_model=64, n_head=2, vocab_size=256, tie_embeddings=False)
+    assert count_params(untied).embedding == 2 * 256 * 64
+    assert count_params(untied).non_embedding == counts.non_embedding
+    assert sum(p.numel() for p in GPT(untied).parameters()) == count_params(untied).total
+
+
+def test_flops_per_token_is_six_n_plus_attention():
+    cfg = ModelConfig(n_layer=2, d_model=64, n_head=2, vocab_size=256)
+    expected = 6 * (98624 + 64 * 256) + 6 * 2 * 128 * 64
+    assert flops_per_token(cfg, seq_len=128) == expected
+
+
+def test_presets_span_10k_to_125m_and_any_n_can_be_asked_for():
+    assert 5e3 < count_params(preset("10k")).non_embedding < 2e4
+    assert 1.1e8 < count_params(preset("gpt2", vocab_size=50257)).total < 1.3e8
+    for target in (1e4, 1e5, 1e6, 1e7):
+        got = count_params(shape_for_params(target)).non_embedding
+        assert abs(got / target - 1) < 0.3
+    with pytest.raises(UserError):
+        preset("huge")
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(UserError, match="d_model"):
+        ModelConfig(n_layer=2, d_model=0, n_head=1)
+    with pytest.raises(UserError, match="multiple"):
+        ModelConfig(n_layer=2, d_model=30, n_head=4)
+
+
+def test_incremental_decoding_matches_the_full_forward():
+    torch.manual_seed(0)
+    model = GPT(preset("30k")).eval()
+    idx = torch.randint(0, 256, (3, 17))
+    with torch.no_grad():
+        full = model(idx)
+        cache = model.new_cache()
+        parts = [model.forward_step(idx[:, :5], cache, 0)]
+        for pos in range(5, 17):
+            parts.append(model.forward_step(idx[:, pos : pos + 1], cache, pos))
+    assert torch.allclose(full, torch.cat(parts, dim=1), atol=1e-5)
+    # the model is causal: changing a later token leaves earlier logits alone
+    changed = idx.clone()
+    changed[:, 10] = (changed[:, 10] + 1) % 256
+    with torch.no_grad():
+        assert torch.equal(model(changed)[:, :10], full[:, :10])
