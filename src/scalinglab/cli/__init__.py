@@ -14,6 +14,7 @@ from scalinglab.errors import UserError
 # Importing a module registers its subcommands.
 from scalinglab.cli import corpus as _corpus  # noqa: F401,E402
 from scalinglab.cli import train as _train  # noqa: F401,E402
+from scalinglab.cli import laws as _laws  # noqa: F401,E402
 from scalinglab.cli import probe as _probe  # noqa: F401,E402
 
 

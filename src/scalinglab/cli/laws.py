@@ -1,0 +1,301 @@
+"""`scalinglab fit` and `scalinglab plan`: scaling-law fits with intervals, and allocation plans."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_number
+from scalinglab.errors import UserError
+
+
+@app.command()
+def fit(
+    source: Optional[Path] = typer.Argument(None, help="CSV or Parquet table; omit it to fit the results store (--db)."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store to read when no table is given."),
+    group: Optional[str] = typer.Option(None, help="Store input: only the runs of this study/group."),
+    form: str = typer.Option("chinchilla", help="chinchilla | data (L(D), fixed N) | params (L(N)) | kaplan | data-constrained."),
+    n_col: str = typer.Option("N", help="Column with the parameter count N."),
+    d_col: str = typer.Option("D", help="Column with the training tokens D."),
+    loss_col: str = typer.Option("loss", help="Column with the loss (nats/token)."),
+    flops_col: Optional[str] = typer.Option(None, help="Column with training FLOPs C; D is derived as C/(6N)."),
+    unique_col: Optional[str] = typer.Option(None, help="Column with unique tokens U (data-constrained form)."),
+    group_col: Optional[str] = typer.Option(None, help="Column naming each point's run, to bootstrap over runs."),
+    param_convention: str = typer.Option("nonembedding", help="Store input: which count is N (nonembedding or total)."),
+    drop_top_loss: int = typer.Option(0, help="Drop the K highest-loss points first (Epoch dropped 5)."),
+    delta: float = typer.Option(1e-3, help="Huber threshold on log-loss residuals."),
+    asymmetry: float = typer.Option(1.0, help="Weight on over-predictions; > 1 fits a lower envelope."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the intervals (0: none)."),
+    by: str = typer.Option("auto", help="Resample points, runs, or auto (runs when known)."),
+    seed: int = typer.Option(0, help="Seed for the multistart check and the bootstrap."),
+    multistart: Optional[int] = typer.Option(None, help="Random L-BFGS starts (default 16 as a check; 64 for forms without variable projection)."),
+    at_flops: list[str] = typer.Option([], "--at-flops", help="Also report N_opt, D_opt, tokens/param at this compute (repeatable)."),
+    predict: list[str] = typer.Option([], "--predict", help="Also predict the loss at N,D (e.g. 7e10,1.4e12; repeatable)."),
+    compare: bool = typer.Option(False, "--compare", help="Also run Approaches 1 and 2 (envelope, isoFLOP parabolas)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    save: Optional[Path] = typer.Option(None, "--save", help="Write the fit with its bootstrap draws as JSON (for plan --law)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Directory to write fit.png, residuals.png, isoflop.png."),
+) -> None:
+    """Fit a scaling law with bootstrap intervals (Approach 3: Huber on log loss, variable projection)."""
+    from scalinglab import laws
+    from scalinglab.laws.forms import get_form
+
+    law_form = get_form(form)
+    if source is None:
+        frame = laws.store_frame(db, group=group, convention=param_convention)
+        data = laws.prepare(frame, law_form, group_col="group", unique_col="U" if "U" in frame else None,
+                            drop_top_loss=drop_top_loss, source=str(db) + (f" (group {group})" if group else ""))
+    else:
+        data = laws.prepare(laws.read_table(source), law_form, n_col=n_col, d_col=d_col, loss_col=loss_col, flops_col=flops_col,
+                            unique_col=unique_col, group_col=group_col, drop_top_loss=drop_top_loss, source=source.name)
+    flops = [parse_number(c, "--at-flops") for c in at_flops]
+    points = [_parse_point(p, law_form.variables) for p in predict]
+
+    with _progress(quiet=False) as report:
+        result = laws.fit(data, law_form, delta=delta, asymmetry=asymmetry, multistart=multistart, seed=seed,
+                          bootstrap=bootstrap, bootstrap_by=by, progress=report)
+    derived = result.derived(flops=flops, at=points)
+    approaches = _approaches(result) if compare else {}
+
+    out = result.to_dict(derived=derived)
+    if approaches:
+        out["approaches"] = approaches
+    if save is not None:
+        _write_json(save, result.to_dict(samples=True, derived=derived))
+    stored = None
+    if source is None:
+        from scalinglab.store import open_store
+
+        stored = f"{law_form.name}:{group or 'all'}:{param_convention}"
+        open_store(db).put_result("fit", stored, result.to_dict(samples=True, derived=derived))
+    figures = []
+    if plot is not None:
+        from scalinglab.laws.figures import save_figures
+
+        figures = save_figures(result, plot)
+    if json_out:
+        print(json.dumps(out, indent=2, default=float))
+        return
+    _print_fit(result, derived, approaches)
+    if save is not None:
+        console.print(f"saved the fit with its bootstrap draws to {save}; plan with: scalinglab plan --law {save}")
+    if stored:
+        console.print(f"stored as fit {stored!r} in {db}; plan with: scalinglab plan --law store:{stored}")
+    for path in figures:
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def plan(
+    law: Optional[str] = typer.Option(None, help="hoffmann2022 (default) | hoffmann2022-rounded | epoch2024 | muennighoff2023 (default with --unique-tokens) | a saved fit .json | store:KEY."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store, for --law store:KEY."),
+    flops: Optional[str] = typer.Option(None, help="Training compute C (e.g. 5.76e23): the compute-optimal N, D."),
+    params: Optional[str] = typer.Option(None, help="Parameters N: with --tokens, where that run sits; with --inference-tokens, the reference size."),
+    tokens: Optional[str] = typer.Option(None, help="Training tokens D, with --params."),
+    inference_tokens: Optional[str] = typer.Option(None, help="Tokens to serve: the inference-optimal model (Sardana et al.)."),
+    unique_tokens: Optional[str] = typer.Option(None, help="Unique tokens available: data-constrained planning (Muennighoff et al.)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+) -> None:
+    """Plan an allocation with a published or fitted law: compute-, inference- or data-constrained-optimal."""
+    from scalinglab import laws
+    from scalinglab.laws.reference import load_law
+
+    C = None if flops is None else parse_number(flops, "--flops")
+    N = None if params is None else parse_number(params, "--params")
+    D = None if tokens is None else parse_number(tokens, "--tokens")
+    T = None if inference_tokens is None else parse_number(inference_tokens, "--inference-tokens")
+    U = None if unique_tokens is None else parse_number(unique_tokens, "--unique-tokens")
+    chosen = load_law(law or ("muennighoff2023" if U is not None else "hoffmann2022"), db=str(db))
+
+    if (D is None) != (N is None) and U is None and T is None:
+        raise UserError("give --params and --tokens together (where a run sits), or --flops for the compute-optimal allocation")
+    if U is not None:
+        result = laws.data_constrained(chosen, U, flops=C, n_params=N, tokens=D)
+    elif T is not None:
+        if D is not None:
+            raise UserError("--inference-tokens plans a model; drop --tokens and give the reference as --flops C or --params N")
+        result = laws.inference_optimal(chosen, T, flops=C, n_params=N)
+    elif N is not None:
+        if C is not None:
+            raise UserError("give either --flops or --params with --tokens, not both")
+        result = laws.assess_run(chosen, N, D)
+    elif C is not None:
+        result = laws.compute_optimal(chosen, C)
+    else:
+        raise UserError("nothing to plan: give --flops C, or --params N --tokens D, optionally with --inference-tokens T or --unique-tokens U")
+
+    if json_out:
+        print(json.dumps({**result.to_dict(), "law_detail": chosen.to_dict()}, indent=2, default=float))
+        return
+    _print_plan(result, chosen)
+
+
+# -- printing --------------------------------------------------------------------------------
+def _print_fit(result, derived, approaches: dict) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    boot = result.bootstrap
+    console.print(Text.assemble((result.form.name, "bold"), f": {result.form.formula}"))
+    dropped = result.data.meta.get("dropped_top_loss")
+    console.print(
+        f"{result.n_points} points{f' ({dropped} highest-loss dropped)' if dropped else ''} from {result.data.source}; {result.method}",
+        highlight=False,
+    )
+    if not result.converged:
+        console.print(Text.assemble(("warning: ", "bold red"), f"the fit {result.message}"))
+    for text in result.warnings:
+        console.print(Text.assemble(("warning: ", "yellow"), text))
+    head = "95% interval" + (f" ({len(boot)} bootstrap resamples over {boot.by})" if boot else " (no bootstrap)")
+    table = Table("parameter", "estimate", head)
+    for row in result.intervals().itertuples():
+        interval = "fixed" if row.fixed else _interval(row.lo, row.hi, _fmt_num)
+        table.add_row(row.param, _fmt_num(row.estimate), interval)
+    console.print(table)
+    if len(derived):
+        table = Table("derived", "estimate", "95% interval")
+        for row in derived.itertuples():
+            table.add_row(row.quantity, _fmt_num(row.estimate), _interval(row.lo, row.hi, _fmt_num))
+        console.print(table)
+    for name, found in approaches.items():
+        if "error" in found:
+            console.print(f"{name}: not applicable here: {found['error']}")
+        else:
+            console.print(f"{name}: a = {found['a']:.4f}, b = {found['b']:.4f} from {found['points']} budgets")
+        if "bias_on_this_design" in found:
+            bias = found["bias_on_this_design"]
+            console.print(
+                f"  on noise-free data from the Approach 3 law at these same points, Approach 2 gives N_opt "
+                f"{bias['n_opt_error']:+.1%}, D_opt {bias['d_opt_error']:+.1%}, a {bias['a_fit']:.4f} (true {bias['a_true']:.4f})",
+                highlight=False,
+            )
+        for note in found["notes"]:
+            console.print(f"  {note}", style="dim")
+    d = result.diagnostics
+    parts = []
+    if "varpro" in d:
+        parts.append(f"variable projection {d['varpro']['seconds']:.2f} s")
+    check = d.get("multistart_check", {})
+    if check.get("starts"):
+        parts.append(f"multistart check: {check['reached_optimum']}/{check['starts']} starts reached the same optimum")
+    if boot:
+        parts.append(f"bootstrap {boot.seconds:.1f} s, {int((~boot.converged).sum())} resamples not converged, {boot.switched} moved to another basin")
+    console.print(f"objective {result.objective:.6g}; {'; '.join(parts)}", style="dim")
+
+
+def _approaches(result) -> dict:
+    from scalinglab import laws
+    from scalinglab.laws.approaches import APPROACH2_BIAS_NOTE
+
+    out = {}
+    for name, run in (("approach 1", laws.approach1), ("approach 2", laws.approach2)):
+        try:
+            found = run(result.data)
+        except UserError as exc:
+            out[name] = {"error": str(exc), "notes": [APPROACH2_BIAS_NOTE] if name == "approach 2" else []}
+            continue
+        out[name] = found.to_dict()
+        if name == "approach 2":
+            import pandas as pd
+
+            design = pd.DataFrame({"N": result.data.N, "flops": result.data.flops})
+            try:
+                out[name]["bias_on_this_design"] = laws.approach2_bias(result.law(), design=design).to_dict()
+            except UserError:
+                pass
+    return out
+
+
+def _print_plan(plan, law) -> None:
+    from rich.table import Table
+
+    console.print(plan.title, style="bold")
+    console.print(f"law: {law.name}: {law.source}" + (f"; {law.notes}" if law.notes else ""))
+    has_intervals = any(q.estimate.has_interval for q in plan.quantities.values())
+    columns = ["quantity", "value"] + ([f"{int(law.level * 100)}% interval"] if has_intervals else [])
+    table = Table(*columns)
+    formats = _formats()
+    for q in plan.quantities.values():
+        fmt = formats.get(q.unit, _fmt_num) if math.isfinite(q.estimate.value) else str
+        row = [q.label, fmt(q.estimate.value)]
+        if has_intervals:
+            row.append(_interval(q.estimate.lo, q.estimate.hi, fmt))
+        table.add_row(*row)
+    console.print(table)
+    for note in plan.notes:
+        console.print(note, style="dim")
+
+
+def _fmt_num(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def _formats() -> dict:
+    """How to show a quantity of each unit (see laws.planning.Quantity)."""
+    from scalinglab.laws.planning import count
+
+    return {
+        "params": count,
+        "tokens": count,
+        "FLOPs": lambda x: f"{x:.3g}",
+        "nats": lambda x: f"{x:.4f}",
+        "ratio": lambda x: f"{x:,.1f}",
+        "x": lambda x: f"{x:,.1f}x",
+        "fraction": lambda x: f"{x:.1%}",
+        "epochs": lambda x: f"{x:.2f}",
+    }
+
+
+def _interval(lo: float, hi: float, fmt) -> str:
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "-"
+    return f"({fmt(lo)}, {fmt(hi)})"
+
+
+def _parse_point(text: str, variables: tuple[str, ...]) -> tuple[float, ...]:
+    parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    if len(parts) != len(variables):
+        raise UserError(f"--predict {text!r}: give {len(variables)} comma-separated values ({', '.join(variables)})")
+    return tuple(parse_number(p, "--predict") for p in parts)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    try:
+        path.write_text(json.dumps(data, indent=1, default=float))
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}; check the path") from None
+
+
+class _progress:
+    """A transient rich progress bar for the bootstrap, on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from rich.progress import BarColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress("bootstrap", BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(), console=err_console, transient=True)
+        self.bar.start()
+        self.task = None
+
+        def report(done: int, total: int) -> None:
+            if self.task is None:
+                self.task = self.bar.add_task("bootstrap", total=total)
+            self.bar.update(self.task, completed=done)
+
+        return report
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

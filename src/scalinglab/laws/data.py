@@ -1,0 +1,259 @@
+"""Input for fits: any CSV/Parquet table or the results store, checked before fitting.
+
+Everything is turned into a `FitData`: arrays N (parameters), D (training tokens), optionally U
+(unique tokens) and `groups` (points that share a training run, so that the bootstrap can resample
+runs rather than points), and the loss in nats/token. Every problem a user can cause (a missing
+file or column, non-positive values, too few points, one model size in a two-variable fit) raises
+`UserError` with a one-line message naming the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+
+from scalinglab.errors import UserError
+from scalinglab.laws.forms import Form
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+Array = np.ndarray
+FLOPS_PER_PARAM_TOKEN = 6.0  # C = 6 N D, the convention of Kaplan, Hoffmann and Epoch
+
+
+@dataclass(frozen=True)
+class FitData:
+    """Points for a fit: variables, loss, and which run each point came from."""
+
+    loss: Array
+    N: Array | None = None
+    D: Array | None = None
+    U: Array | None = None
+    groups: Array | None = None  # integer run id per point; None: every point independent
+    source: str = ""
+    notes: tuple[str, ...] = ()
+    meta: dict = field(default_factory=dict)  # columns used, param convention, points dropped
+
+    def __len__(self) -> int:
+        return int(self.loss.size)
+
+    def X(self, form: Form) -> dict[str, Array]:
+        return {v: getattr(self, v) for v in form.variables}
+
+    @property
+    def flops(self) -> Array:
+        return FLOPS_PER_PARAM_TOKEN * self.N * self.D
+
+    @property
+    def n_groups(self) -> int:
+        return len(self) if self.groups is None else int(np.unique(self.groups).size)
+
+    def frame(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        cols = {k: getattr(self, k) for k in ("N", "D", "U") if getattr(self, k) is not None}
+        cols["loss"] = self.loss
+        if self.groups is not None:
+            cols["group"] = self.groups
+        return pd.DataFrame(cols)
+
+
+# -- reading ---------------------------------------------------------------------------------
+def read_table(path: str | Path) -> "pd.DataFrame":
+    """A CSV or Parquet file (by suffix) as a DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"no such file: {path}; give the path of a CSV or Parquet table")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; give the path of a CSV or Parquet table")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except Exception as exc:  # pandas raises many kinds; all mean "not a readable table"
+        raise UserError(f"cannot read {path} as a {'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'} table ({exc.__class__.__name__}: {exc}); check the file") from None
+
+
+def store_frame(db: str | Path, group: str | None = None, convention: str = "nonembedding") -> "pd.DataFrame":
+    """The results store's finished points as a table with columns N, D, U, loss, group, flops.
+
+    N is the non-embedding parameter count unless `convention` is "total" (or "embedding").
+    Points from the cooldown branches of one trunk share the trunk's group: they are correlated,
+    so the bootstrap resamples trunks, not points.
+    """
+    from scalinglab.store import load_points
+
+    return points_to_frame(load_points(db, group=group), convention=convention, source=str(db))
+
+
+def points_to_frame(points: "pd.DataFrame", convention: str = "nonembedding", source: str = "store") -> "pd.DataFrame":
+    """Map the store's point table (see store.load_points) to the fit's canonical columns."""
+    import pandas as pd
+
+    column = {"nonembedding": "n_nonembedding", "total": "n_total", "embedding": "n_embedding"}.get(convention)
+    if column is None:
+        raise UserError(f"unknown parameter convention {convention!r}; use nonembedding or total")
+    needed = [column, "tokens", "val_loss", "run_id"]
+    missing = [c for c in needed if c not in points.columns]
+    if missing:
+        raise UserError(f"the points from {source} lack columns {missing}; the store is older or newer than this scalinglab")
+    if len(points) == 0:
+        raise UserError(f"{source} has no finished evaluation points; train runs to completion first or pass --group/--db")
+    parent = points["parent_run"] if "parent_run" in points.columns else pd.Series([None] * len(points))
+    frame = pd.DataFrame(
+        {
+            "N": points[column].astype(float),
+            "D": points["tokens"].astype(float),
+            "loss": points["val_loss"].astype(float),
+            "group": parent.where(parent.notna() & (parent.astype(str) != ""), points["run_id"]).astype(str).values,
+        }
+    )
+    if "unique_train_tokens" in points.columns and points["unique_train_tokens"].notna().all():
+        frame["U"] = points["unique_train_tokens"].astype(float)
+    frame.attrs["param_convention"] = convention
+    frame.attrs["source"] = source
+    return frame.dropna(subset=["loss"]).reset_index(drop=True)
+
+
+# -- checking --------------------------------------------------------------------------------
+def prepare(
+    table: "pd.DataFrame",
+    form: Form,
+    *,
+    n_col: str = "N",
+    d_col: str | None = "D",
+    loss_col: str = "loss",
+    flops_col: str | None = None,
+    unique_col: str | None = None,
+    group_col: str | None = None,
+    drop_top_loss: int = 0,
+    free_params: int | None = None,
+    source: str = "table",
+) -> FitData:
+    """Check a table and turn it into FitData for `form`.
+
+    D comes from `d_col`, or from `flops_col` as D = C / (6 N). `drop_top_loss` drops the K
+    highest-loss points first (Epoch dropped 5 of Hoffmann's 245).
+    """
+    where = f" in {source}" if source else ""
+    columns = list(table.columns)
+
+    def column(name: str, flag: str) -> Array:
+        if name not in table.columns:
+            shown = ", ".join(map(str, columns[:12])) + (", ..." if len(columns) > 12 else "")
+            raise UserError(f"column {name!r} not found{where} (columns: {shown}); name it with {flag}")
+        import pandas as pd
+
+        raw = table[name]
+        values = pd.to_numeric(raw, errors="coerce")
+        text = values.isna() & raw.notna()
+        if text.any():
+            row = int(np.flatnonzero(text.to_numpy())[0])
+            raise UserError(f"column {name!r}{where} is not numeric (row {row}: {raw.iloc[row]!r}); point {flag} at a numeric column")
+        return values.to_numpy(dtype=float)
+
+    needs = set(form.variables)
+    wanted = [(n_col, "--n-col") if "N" in needs or flops_col else None,
+              ((flops_col, "--flops-col") if flops_col else (d_col, "--d-col")) if "D" in needs and (flops_col or d_col) else None,
+              (unique_col or "U", "--unique-col") if "U" in needs else None,
+              (loss_col, "--loss-col")]
+    absent = [(name, flag) for name, flag in filter(None, wanted) if name not in table.columns]
+    if absent:
+        shown = ", ".join(map(str, columns[:12])) + (", ..." if len(columns) > 12 else "")
+        names = ", ".join(repr(name) for name, _ in absent)
+        flags = ", ".join(flag for _, flag in absent)
+        raise UserError(f"column{'s' * (len(absent) > 1)} {names} not found{where} (columns: {shown}); name {'them' if len(absent) > 1 else 'it'} with {flags}")
+    loss = column(loss_col, "--loss-col")
+    arrays: dict[str, Array] = {"loss": loss}
+    names = {"loss": loss_col}
+    if "N" in needs or flops_col:
+        arrays["N"], names["N"] = column(n_col, "--n-col"), n_col
+    if "D" in needs:
+        if flops_col:
+            arrays["D"] = column(flops_col, "--flops-col") / (FLOPS_PER_PARAM_TOKEN * arrays["N"])
+            names["D"] = f"{flops_col} / (6 N)"
+        elif d_col:
+            arrays["D"], names["D"] = column(d_col, "--d-col"), d_col
+        else:
+            raise UserError("the form needs tokens D; name the column with --d-col or derive it from FLOPs with --flops-col")
+    if "U" in needs:
+        arrays["U"], names["U"] = column(unique_col or "U", "--unique-col"), unique_col or "U"
+
+    for key, values in arrays.items():
+        bad = ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise UserError(
+                f"column {names[key]!r}{where} has {int(bad.sum())} non-positive or non-finite values "
+                f"(first at row {first}: {values[first]!r}); remove or fix those rows"
+            )
+
+    groups = None
+    if group_col:
+        if group_col not in table.columns:
+            raise UserError(f"column {group_col!r} not found{where}; name the run column with --group-col")
+        groups = np.unique(table[group_col].astype(str).to_numpy(), return_inverse=True)[1]
+
+    keep = np.arange(loss.size)
+    if drop_top_loss:
+        if drop_top_loss < 0 or drop_top_loss >= loss.size:
+            raise UserError(f"--drop-top-loss {drop_top_loss} must be between 0 and {loss.size - 1} (there are {loss.size} points)")
+        keep = np.sort(np.argsort(loss, kind="stable")[: loss.size - drop_top_loss])
+
+    data = FitData(
+        loss=loss[keep],
+        N=arrays["N"][keep] if "N" in arrays else None,
+        D=arrays["D"][keep] if "D" in arrays else None,
+        U=arrays["U"][keep] if "U" in arrays else None,
+        groups=None if groups is None else np.unique(groups[keep], return_inverse=True)[1],
+        source=source,
+        meta={"columns": names, "dropped_top_loss": int(drop_top_loss), "rows": int(loss.size),
+              "param_convention": table.attrs.get("param_convention")},
+    )
+    check_fittable(data, form, free_params)
+    return data
+
+
+def check_fittable(data: FitData, form: Form, free_params: int | None = None) -> None:
+    """Enough points, and enough distinct N and D, for this form."""
+    k = len(form.params) if free_params is None else free_params
+    if len(data) < k:
+        raise UserError(
+            f"{len(data)} points for the {form.name} form, which has {k} free parameters; "
+            f"add points or choose a form with fewer parameters (--form data or --form params)"
+        )
+    if "N" in form.variables and "D" in form.variables:
+        if np.unique(data.N).size < 2:
+            raise UserError(
+                f"all {len(data)} points have the same N ({data.N[0]:.4g}); a two-variable fit needs several "
+                f"model sizes: fit L(D) at this size with --form data"
+            )
+        if np.unique(data.D).size < 2:
+            raise UserError(
+                f"all {len(data)} points have the same D ({data.D[0]:.4g}); a two-variable fit needs several "
+                f"token counts: fit L(N) with --form params"
+            )
+    for v in form.variables:
+        if np.unique(getattr(data, v)).size < 2 and len(form.variables) == 1:
+            raise UserError(f"all points have the same {v}; a power law in {v} needs several values of {v}")
+
+
+def as_fit_data(data: "FitData | pd.DataFrame | Mapping", form: Form, free_params: int | None = None) -> FitData:
+    """FitData from FitData, or from a DataFrame/dict with canonical columns N, D, U, loss, group."""
+    import pandas as pd
+
+    if isinstance(data, FitData):
+        check_fittable(data, form, free_params)
+        return data
+    table = data if isinstance(data, pd.DataFrame) else pd.DataFrame(dict(data))
+    return prepare(
+        table, form, group_col="group" if "group" in table.columns else None, free_params=free_params,
+        source=table.attrs.get("source", ""), unique_col="U",
+    )
+

@@ -1,0 +1,126 @@
+"""A law: a form with parameter values, where they came from, and (for a fit) their bootstrap draws.
+
+Planning works on laws, published or fitted alike. A quantity derived from a law (an optimal
+size, a predicted loss) is an `Estimate`: the value at the law's parameters and, when the law
+carries bootstrap draws, the percentile interval of the same quantity computed for every draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Mapping
+
+import numpy as np
+
+from scalinglab.errors import UserError
+from scalinglab.laws.forms import Form, get_form
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A value with an optional percentile interval (NaN when the law has no draws)."""
+
+    value: float
+    lo: float = math.nan
+    hi: float = math.nan
+
+    @property
+    def has_interval(self) -> bool:
+        return math.isfinite(self.lo) and math.isfinite(self.hi)
+
+    def to_dict(self) -> dict:
+        out = {"estimate": self.value}
+        if self.has_interval:
+            out.update(lo=self.lo, hi=self.hi)
+        return out
+
+
+@dataclass(frozen=True)
+class Law:
+    name: str
+    form: Form
+    params: Mapping[str, float]
+    source: str = ""
+    notes: str = ""
+    samples: "pd.DataFrame | None" = None  # one row per bootstrap resample, a column per parameter
+    level: float = 0.95
+    published_intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [k for k in self.form.params if k not in self.params]
+        if missing:
+            raise UserError(f"law {self.name}: parameters {missing} missing for the {self.form.name} form")
+
+    def predict(self, **X: float | np.ndarray) -> np.ndarray:
+        return self.form.predict(self.params, **X)
+
+    def estimate(self, fn: Callable[[Mapping[str, object]], object], vectorised: bool = True) -> Estimate:
+        """fn(params) at the law's values and, with draws, its percentile interval over the draws."""
+        return self.estimate_all(lambda p: {"x": fn(p)}, vectorised)["x"]
+
+    def estimate_all(self, fn: Callable[[Mapping[str, object]], Mapping[str, object]], vectorised: bool = True) -> dict[str, Estimate]:
+        """Several quantities at once: fn(params) returns a dict of numbers.
+
+        `fn` receives a dict of floats for the point value. For the interval, with `vectorised` it
+        receives a dict of arrays (one entry per draw), otherwise it is called once per draw.
+        """
+        point = {k: float(v) for k, v in fn(dict(self.params)).items()}
+        if self.samples is None or len(self.samples) == 0:
+            return {k: Estimate(v) for k, v in point.items()}
+        if vectorised:
+            out = fn({k: self.samples[k].to_numpy(dtype=float) for k in self.form.params})
+            draws = {k: np.broadcast_to(np.asarray(v, dtype=float), (len(self.samples),)) for k, v in out.items()}
+        else:
+            rows = [fn(row) for row in self.samples[list(self.form.params)].to_dict("records")]
+            draws = {k: np.array([float(r[k]) for r in rows]) for k in point}
+        return {k: self._interval(point[k], draws[k]) for k in point}
+
+    def _interval(self, value: float, draws: np.ndarray) -> Estimate:
+        draws = draws[np.isfinite(draws)]
+        if draws.size < 0.9 * len(self.samples):  # the quantity does not exist for many draws
+            return Estimate(value)
+        if np.ptp(draws) <= 1e-12 * abs(value):  # an input, not an estimate
+            return Estimate(value)
+        tail = 100 * (1 - self.level) / 2
+        lo, hi = np.percentile(draws, [tail, 100 - tail])
+        return Estimate(value, float(lo), float(hi))
+
+    def param(self, name: str) -> Estimate:
+        return self.estimate(lambda p: p[name])
+
+    def with_params(self, **changes: float) -> "Law":
+        return replace(self, params={**self.params, **changes}, samples=None)
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "form": self.form.name, "formula": self.form.formula, "source": self.source,
+               "params": {k: float(v) for k, v in self.params.items()}}
+        if self.notes:
+            out["notes"] = self.notes
+        if self.published_intervals:
+            out["published_intervals"] = {k: list(v) for k, v in self.published_intervals.items()}
+        return out
+
+
+def law_from_dict(data: Mapping, name: str | None = None) -> Law:
+    """A law from a saved fit (`scalinglab fit --save`, the store's "fit" results) or a law dict."""
+    import pandas as pd
+
+    if "form" not in data or "params" not in data:
+        raise UserError("this JSON is neither a saved fit nor a law: it needs 'form' and 'params'; save a fit with scalinglab fit --save")
+    form = get_form(data["form"])
+    params = {k: float(v["estimate"] if isinstance(v, Mapping) else v) for k, v in data["params"].items()}
+    samples = pd.DataFrame(data["samples"]) if data.get("samples") else None
+    fitted = data.get("kind") == "scalinglab.fit"
+    return Law(
+        name=name or data.get("name") or f"fit ({form.name})",
+        form=form,
+        params=params,
+        source=f"scalinglab fit of {data.get('source') or 'data'} ({data.get('n_points', '?')} points)" if fitted else data.get("source", ""),
+        notes=data.get("notes", ""),
+        samples=samples,
+        level=float(data.get("level", 0.95)),
+    )

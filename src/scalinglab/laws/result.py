@@ -1,0 +1,142 @@
+"""What a fit returns: parameters, intervals, diagnostics and a `predict`, like scipy/scikit-learn."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+import numpy as np
+
+from scalinglab.laws.data import FitData
+from scalinglab.laws.forms import Form
+from scalinglab.laws.law import Estimate, Law
+from scalinglab.laws.objective import RobustLoss
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from scalinglab.laws.bootstrap import Bootstrap
+
+
+@dataclass(frozen=True)
+class FitResult:
+    form: Form
+    params: dict[str, float]
+    z: np.ndarray  # internal coordinates (logs of the positive coefficients)
+    objective: float  # Σ huber(log L_pred - log L) at the optimum
+    converged: bool
+    message: str
+    data: FitData
+    robust: RobustLoss
+    method: str
+    fixed: Mapping[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    diagnostics: dict = field(default_factory=dict)
+    bootstrap: "Bootstrap | None" = None
+
+    # -- basics ----------------------------------------------------------------------------
+    @property
+    def n_points(self) -> int:
+        return len(self.data)
+
+    def predict(self, N=None, D=None, U=None) -> np.ndarray:
+        """Predicted loss (nats/token) at the given N, D (and U); arrays broadcast."""
+        X = {k: v for k, v in (("N", N), ("D", D), ("U", U)) if v is not None}
+        missing = [v for v in self.form.variables if v not in X]
+        if missing:
+            raise ValueError(f"the {self.form.name} form needs {missing} to predict")
+        return self.form.predict(self.params, **X)
+
+    def residuals(self) -> np.ndarray:
+        """log L_pred - log L at each data point."""
+        return np.log(self.predict(**self.data.X(self.form))) - np.log(self.data.loss)
+
+    def law(self, name: str | None = None) -> Law:
+        """This fit as a law for planning, carrying its bootstrap draws for intervals."""
+        return Law(
+            name=name or f"fit ({self.form.name}, {self.n_points} points)",
+            form=self.form,
+            params=dict(self.params),
+            source=f"scalinglab fit of {self.data.source or 'data'}",
+            samples=None if self.bootstrap is None else self.bootstrap.params,
+        )
+
+    def with_bootstrap(self, boot: "Bootstrap") -> "FitResult":
+        return replace(self, bootstrap=boot)
+
+    # -- intervals -------------------------------------------------------------------------
+    def intervals(self, level: float = 0.95) -> "pd.DataFrame":
+        """Each parameter's estimate and percentile interval (NaN without a bootstrap)."""
+        import pandas as pd
+
+        law = replace(self.law(), level=level)
+        rows = []
+        for k in self.form.params:
+            est = law.param(k)
+            rows.append({"param": k, "estimate": est.value, "lo": est.lo, "hi": est.hi, "fixed": k in self.fixed})
+        return pd.DataFrame(rows)
+
+    def derived(self, flops: Iterable[float] = (), at: Iterable[tuple[float, ...]] = (), level: float = 0.95) -> "pd.DataFrame":
+        """Derived quantities with intervals: the allocation exponents a, b (N_opt ∝ C^a, D_opt ∝ C^b),
+        N_opt, D_opt and tokens/param at each budget in `flops`, and the predicted loss at each
+        point in `at` (tuples in the order of the form's variables)."""
+        import pandas as pd
+
+        from scalinglab.laws.planning import compute_optimal
+
+        law = replace(self.law(), level=level)
+        rows: list[tuple[str, Estimate]] = []
+        two_var = set(self.form.variables) >= {"N", "D"} and {"alpha", "beta"} <= set(self.form.params)
+        if two_var:
+            rows.append(("a: N_opt ∝ C^a, a = β/(α+β)", law.estimate(lambda p: p["beta"] / (p["alpha"] + p["beta"]))))
+            rows.append(("b: D_opt ∝ C^b, b = α/(α+β)", law.estimate(lambda p: p["alpha"] / (p["alpha"] + p["beta"]))))
+        for c in flops:
+            if not two_var:
+                break
+            plan = compute_optimal(law, float(c))
+            rows.append((f"N_opt at C={c:.3g}", plan["n_params"]))
+            rows.append((f"D_opt at C={c:.3g}", plan["tokens"]))
+            rows.append((f"tokens/param at C={c:.3g}", plan["tokens_per_param"]))
+        for point in at:
+            X = dict(zip(self.form.variables, point))
+            where = ", ".join(f"{k}={v:.3g}" for k, v in X.items())
+            rows.append((f"loss at {where}", law.estimate(lambda p, X=X: self.form.predict(p, **X))))
+        return pd.DataFrame([{"quantity": q, "estimate": e.value, "lo": e.lo, "hi": e.hi} for q, e in rows])
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self, samples: bool = False, derived: "pd.DataFrame | None" = None) -> dict:
+        """A JSON-able summary; `samples=True` adds the bootstrap draws (what `plan --law` needs)."""
+        table = self.intervals()
+        out = {
+            "kind": "scalinglab.fit",
+            "form": self.form.name,
+            "formula": self.form.formula,
+            "method": self.method,
+            "loss": self.robust.describe(),
+            "delta": self.robust.delta,
+            "asymmetry": self.robust.asymmetry,
+            "n_points": self.n_points,
+            "n_groups": self.data.n_groups,
+            "source": self.data.source,
+            "data": self.data.meta,
+            "converged": self.converged,
+            "message": self.message,
+            "objective": self.objective,
+            "level": 0.95,
+            "params": {r.param: _clean({"estimate": r.estimate, "lo": r.lo, "hi": r.hi, "fixed": bool(r.fixed)}) for r in table.itertuples()},
+            "warnings": list(self.warnings),
+            "diagnostics": self.diagnostics,
+        }
+        if self.bootstrap is not None:
+            out["bootstrap"] = self.bootstrap.summary()
+            if samples:
+                out["samples"] = {k: self.bootstrap.params[k].tolist() for k in self.form.params}
+        if derived is not None:
+            out["derived"] = {r.quantity: _clean({"estimate": r.estimate, "lo": r.lo, "hi": r.hi}) for r in derived.itertuples()}
+        return out
+
+
+def _clean(d: dict) -> dict:
+    """Drop NaN entries (no interval) so the JSON stays valid and small."""
+    return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()
+            if not (isinstance(v, (float, np.floating)) and not np.isfinite(v))}
