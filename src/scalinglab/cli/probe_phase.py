@@ -1,0 +1,283 @@
+"""`scalinglab probe grokking | facts-rules | repetition`: phase transitions and data quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scalinglab.cli.app import DEFAULT_DB, console, err_console
+from scalinglab.cli.probe import probe_app
+from scalinglab.errors import UserError
+
+
+def _fractions(text: str, name: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{name}: cannot read {text!r} as comma-separated numbers (example: 0.2,0.3,0.5)") from None
+    if not values or any(not 0 < v < 1 for v in values):
+        raise UserError(f"{name}: give fractions strictly between 0 and 1, e.g. 0.2,0.3,0.5; got {text!r}")
+    return values
+
+
+def _record_figure(db: Path, run_id: str | None, path: Path) -> None:
+    from scalinglab.store import open_store
+    from scalinglab.train.checkpoint import file_sha256
+
+    open_store(db).add_artifact(run_id, "figure", path, file_sha256(path))
+
+
+def _fmt_epoch(value) -> str:  # noqa: ANN001
+    return "-" if value is None or value != value else f"{int(value):,}"
+
+
+# --- grokking ----------------------------------------------------------------------------------------
+
+@probe_app.command("grokking")
+def grokking(
+    p: Optional[int] = typer.Option(None, "--p", help="Prime modulus (default 97; 113 for the transformer)."),
+    op: str = typer.Option("+", "--op", help="Operation: + - * / (or add, sub, mul, div)."),
+    frac: Optional[float] = typer.Option(None, "--frac", help="Training share of all pairs (default 0.5; 0.3 for the transformer)."),
+    model: str = typer.Option("mlp", "--model", help="mlp (fast, default) or transformer (Nanda et al. 2023; ~30-45 min on a CPU)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default 5000; 40000 for the transformer)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 3e-3; 1e-3 for the transformer)."),
+    wd: float = typer.Option(1.0, "--wd", help="AdamW weight decay (grokking needs it; 0 memorises only)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and the initialisation."),
+    grokfast: bool = typer.Option(False, "--grokfast/--no-grokfast", help="Add the Grokfast gradient-EMA filter."),
+    grokfast_alpha: float = typer.Option(0.98, "--grokfast-alpha", help="Grokfast EMA decay."),
+    grokfast_lambda: float = typer.Option(2.0, "--grokfast-lambda", help="Grokfast amplification."),
+    stop_after: float = typer.Option(0.25, "--stop-after", help="After generalising at epoch G, stop at G x (1 + this); negative: use the whole budget."),
+    eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Epochs between evaluations (default 10; 100 for the transformer)."),
+    fractions: Optional[str] = typer.Option(None, "--fractions", help="Sweep the training fraction, e.g. 0.2,0.3,0.4,0.5,0.6."),
+    compare_grokfast: bool = typer.Option(False, "--compare-grokfast", help="Run with and without Grokfast and compare."),
+    workers: int = typer.Option(1, "--workers", help="Runs in parallel for sweeps and comparisons (one core each)."),
+    out: Path = typer.Option(Path("runs/probes/grokking"), "--out", help="Folder of the run directories."),
+    figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Grokking on modular arithmetic: epochs to memorise and to generalise, progress measures."""
+    import dataclasses
+
+    from scalinglab.probes import figures_phase as figs
+    from scalinglab.probes.grokking import GrokConfig, compare_grokfast as compare, sweep_fractions, train_grokking
+    from scalinglab.store import open_store
+    from scalinglab.train import Interrupted
+
+    if fractions is not None and compare_grokfast:
+        raise UserError("--fractions and --compare-grokfast each start several runs; use one at a time")
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    cfg = GrokConfig(p=p, op=op, train_frac=frac, model=model, max_epochs=epochs, lr=lr, weight_decay=wd, seed=seed,
+                     grokfast=grokfast, grokfast_alpha=grokfast_alpha, grokfast_lamb=grokfast_lambda,
+                     stop_after=stop_after, eval_every=eval_every, device=device).resolved()
+    sweep_values = _fractions(fractions, "--fractions") if fractions is not None else None
+    open_store(db)  # fail early on a bad --db
+    fig_dir = figures or out / "figures"
+    try:
+        if sweep_values is not None:
+            sweep, runs = sweep_fractions(cfg, sweep_values, out, db=db, workers=workers, console=err_console)
+            _print_runs(runs)
+            if sweep.critical_frac is not None:
+                n_crit = int(sweep.table.loc[sweep.table.train_frac == sweep.critical_frac, "n_train"].iloc[0])
+                below = (f"; {sweep.largest_failed_frac:g} did not" if sweep.largest_failed_frac is not None else "")
+                console.print(f"critical training fraction ≈ {sweep.critical_frac:g} ({n_crit:,} pairs) within "
+                              f"{sweep.max_epochs:,} epochs{below}", highlight=False)
+            else:
+                console.print(f"no fraction generalised within {sweep.max_epochs:,} epochs", highlight=False)
+            path = figs.grokking_fraction_sweep(sweep, runs, fig_dir / f"sweep-{runs[0].run_id}.png")
+            _record_figure(db, None, path)
+            console.print(f"figure {path}")
+            return
+        if compare_grokfast:
+            result, runs = compare(cfg, out, db=db, workers=workers, console=err_console)
+            _print_runs(runs)
+            ratio = result["epoch_speedup"]
+            console.print("Grokfast speed-up in epochs to generalise: "
+                          + (f"{ratio:.2f}x" if ratio else "undefined (one of the runs did not generalise)"),
+                          highlight=False)
+            secs = [r.seconds_to_generalise for r in runs]
+            if all(secs):
+                console.print(f"in training seconds: {secs[0] / secs[1]:.2f}x (same machine, same call)", highlight=False)
+            path = figs.grokking_grokfast(runs[0], runs[1], fig_dir / f"grokfast-{runs[0].run_id}.png")
+            _record_figure(db, None, path)
+            console.print(f"figure {path}")
+            return
+        run = _train_one(cfg, out / cfg.run_id, db, quiet, train_grokking)
+    except Interrupted as exc:
+        err_console.print(f"stopped at epoch {exc.step}; run the same command again to continue", highlight=False)
+        raise typer.Exit(130)
+    _print_runs([run])
+    s = run.summary()
+    if run.memorised_epoch and run.generalised_epoch:
+        console.print(f"memorised at epoch {run.memorised_epoch:,}, generalised at epoch {run.generalised_epoch:,} "
+                      f"({run.generalised_epoch / run.memorised_epoch:.1f}x later, {s['seconds_to_generalise']:.1f} s "
+                      f"of training); lowest test accuracy on the plateau {s['plateau_min_test_acc']:.4f} "
+                      f"(chance {s['chance_acc']:.4f})", highlight=False)
+    if run.key_frequencies:
+        console.print(f"key frequencies {run.key_frequencies}; final Fourier sparsity "
+                      f"{s['final_fourier_sparsity']:.2f} (top {cfg.fourier_top}), weight norm "
+                      f"{run.history.weight_norm.iloc[0]:.1f} -> {s['final_weight_norm']:.1f}", highlight=False)
+    path = figs.grokking_curves(run, fig_dir / f"{run.run_id}.png")
+    _record_figure(db, run.run_id, path)
+    console.print(f"run {run.run_id} in {run.out_dir}; figure {path}; results in {db}")
+
+
+def _train_one(cfg, out_dir: Path, db: Path, quiet: bool, train):  # noqa: ANN001
+    """One run with a progress bar over epochs showing train/test accuracy."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return train(cfg, out_dir, db=db)
+    progress = Progress(TextColumn("[bold]grokking"), BarColumn(), TextColumn("epoch {task.completed:,.0f}/{task.total:,.0f}"),
+                        TextColumn("train {task.fields[train]} test {task.fields[test]}"), TimeElapsedColumn(),
+                        console=err_console)
+    with progress:
+        task = progress.add_task("grokking", total=cfg.max_epochs, train="-", test="-")
+
+        def update(record: dict) -> None:
+            progress.update(task, completed=record["epoch"], train=f"{record['train_acc']:.3f}",
+                            test=f"{record['test_acc']:.3f}")
+
+        return train(cfg, out_dir, db=db, progress=update)
+
+
+def _print_runs(runs) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    table = Table("task", "model", "frac", "grokfast", "memorised", "generalised", "epochs", "train s", "test acc",
+                  "status")
+    for r in runs:
+        c = r.config
+        table.add_row(f"a{c.op}b mod {c.p}", c.model, f"{c.train_frac:g}", "yes" if c.grokfast else "no",
+                      _fmt_epoch(r.memorised_epoch), _fmt_epoch(r.generalised_epoch), f"{r.epochs:,}",
+                      f"{r.wall_time:.1f}", f"{r.history.test_acc.iloc[-1]:.3f}", r.status)
+    console.print(table)
+
+
+# --- repetition --------------------------------------------------------------------------------------
+
+@probe_app.command("repetition")
+def repetition(
+    corpus: Optional[str] = typer.Option(None, help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
+    tokenizer: Optional[str] = typer.Option(None, help="byte (default) or bpe."),
+    size: Optional[str] = typer.Option(None, help="Model preset (default 30k)."),
+    params: Optional[str] = typer.Option(None, help="Any non-embedding parameter count instead of --size."),
+    tokens: str = typer.Option("1M", "--tokens", help="Training tokens D of every repeated and junk run."),
+    epochs: str = typer.Option("1,2,4,8,16,32,64", "--epochs", help="Repetition counts e (U = D/e unique tokens)."),
+    junk: str = typer.Option("0.25,0.5,0.75", "--junk", help="Junk shares of the training tokens ('none' for none)."),
+    junk_kind: str = typer.Option("uniform", "--junk-kind", help="uniform (random tokens) or shuffled (real tokens, random order)."),
+    junk_span: int = typer.Option(1024, "--junk-span", help="Tokens per junk document."),
+    fresh: bool = typer.Option(True, "--fresh/--no-fresh", help="Also train one epoch of each unique subset (needed for the predictions)."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence (default 256)."),
+    batch_size: Optional[int] = typer.Option(None, help="Sequences per step (default: size rule)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: width rule)."),
+    eval_tokens: Optional[int] = typer.Option(None, help="Tokens of the fixed val set (default 65536)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for init, data order and junk."),
+    config: Optional[Path] = typer.Option(None, help="TOML config with [corpus] [model] [train] sections."),
+    set_: list[str] = typer.Option([], "--set", help="Override: section.field=value (repeatable)."),
+    workers: int = typer.Option(1, "--workers", help="Runs in parallel (one core each)."),
+    out: Path = typer.Option(Path("runs/probes/repetition"), "--out", help="Folder of the run directories."),
+    figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache (default ~/.cache/scalinglab)."),
+) -> None:
+    """Repeated epochs and junk data at fixed N and D, against Muennighoff et al. 2023's law."""
+    from scalinglab.cli.app import parse_number
+    from scalinglab.cli.train import build_config
+    from scalinglab.corpus import prepare_corpus
+    from scalinglab.probes import figures_phase as figs
+    from scalinglab.probes.repetition import RepetitionConfig, parse_epochs, parse_junk, run_repetition, summary_lines
+    from scalinglab.store import open_store
+
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    base = build_config(
+        config, set_, corpus__source=corpus, corpus__tokenizer=tokenizer,
+        model__size=size if (size or params) else (None if config or set_ else "30k"),
+        model__params=parse_number(params, "--params") if params else None,
+        train__tokens=parse_number(tokens, "--tokens"), train__seq_len=seq_len, train__batch_size=batch_size,
+        train__lr=lr, train__eval_tokens=eval_tokens, train__seed=seed,
+        train__eval_points=None if config or set_ else 4,
+    )
+    base.validate()
+    cfg = RepetitionConfig(base=base, epochs=parse_epochs(epochs), junk=parse_junk(junk), junk_kind=junk_kind,
+                           junk_span=junk_span, fresh=fresh)
+    open_store(db)
+    err_console.print(f"preparing corpus {base.corpus.source!r} ({base.corpus.tokenizer})...", highlight=False)
+    prepared = prepare_corpus(base.corpus, cache_dir)
+    try:
+        result = run_repetition(cfg, prepared, db=db, out_root=out, workers=workers, console=err_console)
+    except KeyboardInterrupt:
+        err_console.print("stopped; run the same command again to continue (finished runs are kept)")
+        raise typer.Exit(130)
+    _print_repetition(result)
+    for line in summary_lines(result):
+        console.print(line, highlight=False)
+    path = figs.repetition_figure(result, (figures or out / "figures") / f"repetition-{cfg.key()}.png")
+    _record_figure(db, None, path)
+    console.print(f"figure {path}; results in {db} (probe:repetition {cfg.key()})")
+
+
+def _print_repetition(result) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    table = Table("role", "epochs", "unique U", "tokens D", "junk", "val nats", "val bpb", "train nats",
+                  "predicted", "effective D'")
+    num = lambda v, f: "-" if v is None or v != v else format(v, f)  # noqa: E731
+    for r in result.table.itertuples():
+        table.add_row(r.role, f"{r.epochs}", f"{r.unique_tokens:,}", f"{r.tokens:,}", num(r.junk_share, ".2f"),
+                      num(r.val_loss, ".4f"), num(r.val_bpb, ".4f"), num(r.train_loss, ".4f"),
+                      num(r.predicted_loss, ".4f"), num(r.effective_tokens, ",.0f"))
+    console.print(table)
+
+
+# --- facts vs rules ----------------------------------------------------------------------------------
+
+@probe_app.command("facts-rules")
+def facts_rules(
+    items: str = typer.Option("128,256,512,1024,2048,4096", "--items", help="Dataset sizes D (facts + rule items), one fit each."),
+    rule_share: float = typer.Option(0.5, "--rule-share", help="Share of rule items in each dataset."),
+    alphabet: int = typer.Option(64, "--alphabet", help="Symbols per key/value position (a fact holds 2 log2 of it in bits)."),
+    d_model: int = typer.Option(16, "--d-model", help="Width of the GPT (fixed N)."),
+    n_layer: int = typer.Option(1, "--n-layer", help="Layers of the GPT."),
+    epochs: int = typer.Option(400, "--epochs", help="Passes over each dataset (exposures per item)."),
+    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Sequences per update."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data, the rule and the initialisation."),
+    workers: int = typer.Option(1, "--workers", help="Fits in parallel (one core each)."),
+    out: Path = typer.Option(Path("runs/probes/facts-rules"), "--out", help="Folder of the fit directories."),
+    figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
+) -> None:
+    """Facts vs rules at fixed N and growing D: fact recall saturates, the rule keeps improving."""
+    from rich.table import Table
+
+    from scalinglab.probes import figures_phase as figs
+    from scalinglab.probes.facts_rules import FactsRulesConfig, parse_items, run_facts_rules, summary_lines
+    from scalinglab.store import open_store
+
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    cfg = FactsRulesConfig(items=parse_items(items), rule_share=rule_share, alphabet=alphabet, d_model=d_model,
+                           n_layer=n_layer, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    open_store(db)
+    try:
+        result = run_facts_rules(cfg, out, db=db, workers=workers, console=err_console)
+    except KeyboardInterrupt:
+        err_console.print("stopped; run the same command again to continue (finished fits are kept)")
+        raise typer.Exit(130)
+    table = Table("D", "facts", "recalled", "bits stored", "rule acc (unseen)", "rule acc (train)", "exposures",
+                  "train s")
+    for r in result.table.itertuples():
+        table.add_row(f"{r.n_items:,}", f"{r.n_facts:,}", f"{r.facts_recalled:,.0f}", f"{r.fact_bits_stored:,.0f}",
+                      f"{r.rule_test_acc:.3f}", f"{r.rule_train_acc:.3f}", f"{r.exposures:.0f}", f"{r.wall_time:.0f}")
+    console.print(table)
+    for line in summary_lines(result):
+        console.print(line, highlight=False)
+    path = figs.facts_rules_figure(result, (figures or out / "figures") / f"facts-rules-{cfg.key()}.png")
+    _record_figure(db, None, path)
+    console.print(f"figure {path}; results in {db} (probe:facts-rules {cfg.key()})")

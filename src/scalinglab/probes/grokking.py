@@ -1,0 +1,560 @@
+"""The grokking probe: memorisation first, generalisation much later, on modular arithmetic.
+
+A model is trained full batch with AdamW and weight decay on a share of all pairs (a, b) of
+a∘b mod p (`probes.modular`) and evaluated on the rest. It reaches 100% on its training pairs
+early (memorisation, here: train accuracy >= 99%) and, long after, on the held-out pairs too
+(generalisation: test accuracy >= 95%). Between the two, weight decay slowly trades the
+memorising solution for a cheaper, structured one; the progress measures show it happening
+before test accuracy moves: the weight norm falls, the number embedding concentrates on a few
+Fourier frequencies, the loss restricted to those frequencies falls and the loss with them
+excluded rises.
+
+Two models (`probes.modular`): a fast embedding-MLP (the default; groks (a+b) mod 97 from 50%
+of the pairs in about a thousand epochs, well under a minute on one core) and Nanda et al.'s
+one-layer transformer (p=113, 30% of pairs; tens of thousands of epochs). Optional Grokfast
+(Lee et al. 2024) amplifies the slow component of the gradient: g <- g + λ·EMA_α(g).
+
+A run is a directory named by its identity (everything that changes the trajectory; not the
+epoch budget or the stopping rule, so a larger budget continues a run instead of redoing it):
+
+    config.json          the identity
+    last.pt              the latest checkpoint (model, optimizer, Grokfast state), atomic
+    history.jsonl        one line per evaluation
+    snapshots/E.pt       parameters every `snapshot_every` epochs (for the progress measures)
+    measures.json        restricted/excluded loss over the snapshots, once the run has stopped
+
+and rows in the results store: a run of kind "probe:grokking", a point per evaluation
+(val_loss is the held-out pairs' loss) and a result with the summary and the progress measures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from scalinglab.config import config_hash
+from scalinglab.errors import UserError
+from scalinglab.probes.common import _claim, _read_history, probe_kind, put_probe_result, run_parallel
+from scalinglab.probes.modular import (
+    MODELS,
+    ModularTask,
+    build_model,
+    canonical_op,
+    effective_frequencies,
+    embedding_spectrum,
+    fourier_sparsity,
+    grid_cells,
+    grid_loss,
+    key_frequencies,
+    logit_grid,
+    restricted_excluded_logits,
+    weight_norm,
+)
+from scalinglab.store import Store, open_store
+from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint
+from scalinglab.train.loop import Interrupted, _stop_requests, _versions
+
+PROBE = "grokking"
+MEMORISED_AT = 0.99  # train accuracy that counts as memorised
+GENERALISED_AT = 0.95  # test accuracy that counts as generalised
+HISTORY_COLUMNS = ["epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm", "fourier_sparsity",
+                   "fourier_effective", "lr", "wall_time"]
+
+# Per-model defaults: the embedding-MLP recipe measured here (docs/probes-phase.md) and
+# Nanda et al. 2023's recipe for their transformer.
+_DEFAULTS = {
+    "mlp": dict(p=97, train_frac=0.5, lr=3e-3, warmup=0, eval_every=10, snapshot_every=50, max_epochs=5000),
+    "transformer": dict(p=113, train_frac=0.3, lr=1e-3, warmup=10, eval_every=100, snapshot_every=1000,
+                        max_epochs=40000),
+}
+
+
+@dataclass(frozen=True)
+class GrokConfig:
+    """One grokking run. Fields left None take the model's default (`_DEFAULTS`).
+
+    p, op: the task a∘b mod p (p prime; op one of + - * /).
+    train_frac: share of all pairs used for training (the rest is the test set).
+    model: "mlp" (embedding-MLP, default) or "transformer" (Nanda et al.'s one layer).
+    lr, weight_decay, beta1, beta2, warmup: full-batch AdamW (decay on every parameter, as in
+      the grokking papers), linear warmup over `warmup` epochs.
+    grokfast, grokfast_alpha, grokfast_lamb: gradient-EMA filter g <- g + lamb * EMA_alpha(g).
+    seed: split and initialisation.
+    eval_every, snapshot_every: epochs between evaluations / parameter snapshots.
+    max_epochs: the budget; the run stops there if it has not generalised.
+    stop_after: once generalised at epoch G, train on to G * (1 + stop_after) and stop
+      (to show the curves after the transition); negative: always use the whole budget.
+    fourier_top: frequencies counted by the Fourier sparsity measure.
+    device, threads: where to train (not part of the run's identity).
+    """
+
+    p: int | None = None
+    op: str = "+"
+    train_frac: float | None = None
+    model: str = "mlp"
+    lr: float | None = None
+    weight_decay: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    warmup: int | None = None
+    grokfast: bool = False
+    grokfast_alpha: float = 0.98
+    grokfast_lamb: float = 2.0
+    seed: int = 0
+    eval_every: int | None = None
+    snapshot_every: int | None = None
+    max_epochs: int | None = None
+    stop_after: float = 0.25
+    fourier_top: int = 6
+    device: str = "cpu"
+    threads: int = 1
+
+    def resolved(self) -> "GrokConfig":
+        """This config with every None replaced by the model's default, validated."""
+        if self.model not in MODELS:
+            raise UserError(f"unknown grokking model {self.model!r}; choose {' or '.join(MODELS)}")
+        fills = {k: v for k, v in _DEFAULTS[self.model].items() if getattr(self, k) is None}
+        cfg = dataclasses.replace(self, op=canonical_op(self.op), **fills)
+        cfg._validate()
+        return cfg
+
+    def _validate(self) -> None:
+        ModularTask(self.p, self.op)  # checks p
+        if not 0 < self.train_frac < 1:
+            raise UserError(f"--frac must lie strictly between 0 and 1, got {self.train_frac}")
+        for name in ("lr",):
+            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
+                raise UserError(f"--{name} must be a positive number, got {getattr(self, name)}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UserError(f"--wd must be a number >= 0, got {self.weight_decay}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError(f"AdamW betas must lie in [0, 1), got ({self.beta1}, {self.beta2})")
+        if not 0 < self.grokfast_alpha < 1:
+            raise UserError(f"--grokfast-alpha must lie in (0, 1), got {self.grokfast_alpha}")
+        if not self.grokfast_lamb >= 0:
+            raise UserError(f"--grokfast-lambda must be >= 0, got {self.grokfast_lamb}")
+        for name in ("eval_every", "snapshot_every", "max_epochs", "fourier_top"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+        if self.warmup < 0:
+            raise UserError(f"warmup must be >= 0 epochs, got {self.warmup}")
+        if self.snapshot_every % self.eval_every:
+            raise UserError(f"snapshot_every ({self.snapshot_every}) must be a multiple of eval_every ({self.eval_every})")
+
+    def identity(self) -> dict:
+        """What fixes the trajectory (and so names the run)."""
+        keep = ("p", "op", "train_frac", "model", "lr", "weight_decay", "beta1", "beta2", "warmup", "grokfast",
+                "seed", "eval_every", "snapshot_every")
+        ident = {k: getattr(self, k) for k in keep}
+        if self.grokfast:
+            ident.update(grokfast_alpha=self.grokfast_alpha, grokfast_lamb=self.grokfast_lamb)
+        return {"probe": PROBE, **ident}
+
+    @property
+    def run_id(self) -> str:
+        return f"{PROBE}-{config_hash(self.resolved().identity())}"
+
+    def describe(self) -> str:
+        gf = f" grokfast(α={self.grokfast_alpha}, λ={self.grokfast_lamb})" if self.grokfast else ""
+        return (f"{self.model} a{self.op}b mod {self.p}, {self.train_frac:.0%} of pairs, lr {self.lr:g} "
+                f"wd {self.weight_decay:g}{gf}, seed {self.seed}")
+
+
+@dataclass
+class GrokRun:
+    """A grokking run as far as it went.
+
+    status: "generalised" (test accuracy reached 95%), "budget" (max_epochs spent without it) or
+      "stopped" (ended early on request, resumable).
+    history: one row per evaluation: epoch, train/test loss (nats) and accuracy, weight_norm,
+      fourier_sparsity (share of embedding energy in the top `fourier_top` frequencies),
+      fourier_effective (effective number of frequencies used), lr, wall_time (s).
+    measures: one row per snapshot: epoch, restricted_loss (test pairs, key frequencies only),
+      excluded_loss (train pairs, key frequencies removed), grid train/test loss; None while
+      the run has not stopped.
+    """
+
+    run_id: str
+    out_dir: Path
+    config: GrokConfig
+    status: str
+    epochs: int
+    wall_time: float
+    n_train: int
+    n_test: int
+    history: pd.DataFrame
+    measures: pd.DataFrame | None
+    key_frequencies: list[int]
+    spectrum: list[float]
+
+    @property
+    def memorised_epoch(self) -> int | None:
+        return _first_epoch(self.history, "train_acc", MEMORISED_AT)
+
+    @property
+    def generalised_epoch(self) -> int | None:
+        return _first_epoch(self.history, "test_acc", GENERALISED_AT)
+
+    @property
+    def seconds_to_generalise(self) -> float | None:
+        epoch = self.generalised_epoch
+        if epoch is None:
+            return None
+        return float(self.history.loc[self.history.epoch == epoch, "wall_time"].iloc[0])
+
+    @property
+    def plateau_min_test_acc(self) -> float | None:
+        """Lowest test accuracy between memorisation and generalisation (below 1/p: a pure memoriser)."""
+        mem = self.memorised_epoch
+        if mem is None:
+            return None
+        end = self.generalised_epoch or self.epochs
+        window = self.history[(self.history.epoch >= mem) & (self.history.epoch <= end)]
+        return float(window.test_acc.min()) if len(window) else None
+
+    def summary(self) -> dict:
+        last = self.history.iloc[-1]
+        return {
+            "run_id": self.run_id, "status": self.status, "epochs": self.epochs, "wall_time": self.wall_time,
+            "memorised_epoch": self.memorised_epoch, "generalised_epoch": self.generalised_epoch,
+            "seconds_to_generalise": self.seconds_to_generalise, "n_train": self.n_train, "n_test": self.n_test,
+            "final_train_acc": float(last.train_acc), "final_test_acc": float(last.test_acc),
+            "final_weight_norm": float(last.weight_norm), "final_fourier_sparsity": float(last.fourier_sparsity),
+            "plateau_min_test_acc": self.plateau_min_test_acc, "chance_acc": 1.0 / self.config.p,
+            "key_frequencies": self.key_frequencies, "config": dataclasses.asdict(self.config),
+        }
+
+
+def _first_epoch(history: pd.DataFrame, column: str, threshold: float) -> int | None:
+    hit = history[history[column] >= threshold]
+    return int(hit.epoch.iloc[0]) if len(hit) else None
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | None = None,
+                   progress: Callable[[dict], None] | None = None, stop_at_epoch: int | None = None) -> GrokRun:
+    """Train (or resume, or just load) one grokking run in `out_dir`; record it in `db`.
+
+    progress(record) is called after every evaluation with the history row plus "max_epochs".
+    stop_at_epoch ends the call early with status "stopped" (the run stays resumable).
+    Raises `Interrupted` after checkpointing on SIGINT/SIGTERM.
+    """
+    from scalinglab.device import place
+
+    cfg = cfg.resolved()
+    out_dir = Path(out_dir)
+    identity = cfg.identity()
+    run_id = cfg.run_id
+    _claim(out_dir, identity)
+    task = ModularTask(cfg.p, cfg.op)
+    train_idx, test_idx = task.split(cfg.train_frac, cfg.seed)
+    placement = place(cfg.device, "float32", cfg.threads)
+    device = placement.device
+    a, b, c = (t.to(device) for t in task.pairs)
+    tr, te = train_idx.to(device), test_idx.to(device)
+    store = open_store(db) if db is not None else None
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, cfg.p).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(cfg.beta1, cfg.beta2))
+    grad_ema: dict[str, torch.Tensor] = {}
+    epoch, wall = 0, 0.0
+    last, history_path = out_dir / "last.pt", out_dir / "history.jsonl"
+    if last.exists():
+        state = load_checkpoint(last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        epoch, wall = state["step"], state["extra"]["wall_time"]
+        grad_ema = {k: v.to(device) for k, v in state["extra"].get("grad_ema", {}).items()}
+    history = [h for h in _read_history(history_path) if h["epoch"] <= epoch]
+    unstored: list[dict] = []  # points not yet written to the store (written at checkpoints)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def evaluate() -> dict:
+        record = _evaluate(model, task, a, b, c, tr, te, cfg.fourier_top)
+        record.update(epoch=epoch, lr=cfg.lr * _warmup(epoch - 1, cfg.warmup) if epoch else 0.0, wall_time=wall)
+        return record
+
+    def snapshot() -> None:
+        path = out_dir / "snapshots" / f"{epoch:07d}.pt"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+
+    def save() -> None:
+        save_checkpoint(last, model=model, optimizer=optimizer, step=epoch, config=identity,
+                        extra={"wall_time": wall, "grad_ema": {k: v.cpu() for k, v in grad_ema.items()}})
+        tmp = history_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
+        os.replace(tmp, history_path)
+        if store is not None:
+            for h in unstored:
+                _store_point(store, run_id, h, n_train=len(train_idx), n_params=n_params)
+        unstored.clear()
+
+    if store is not None:
+        store.upsert_run(run_id, name=cfg.describe(), kind=probe_kind(PROBE), status="running", group_name=PROBE,
+                         config={**identity, "max_epochs": cfg.max_epochs, "stop_after": cfg.stop_after},
+                         n_total=n_params, n_embedding=int(model.number_embedding().numel()),
+                         n_nonembedding=n_params - int(model.number_embedding().numel()),
+                         param_convention="total", seed=cfg.seed, device=placement.describe(), dtype="float32",
+                         versions=_versions(), out_dir=str(out_dir.resolve()))
+    if not history:  # epoch 0: the untrained model, for the start of every curve
+        history.append(evaluate())
+        unstored.append(history[-1])
+        snapshot()
+        save()
+
+    status = _status(history, cfg, epoch)
+    model.train()
+    last_save = time.monotonic()
+    with _stop_requests() as stop:
+        while status is None:
+            if stop_at_epoch is not None and epoch >= stop_at_epoch:
+                status = "stopped"
+                break
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * _warmup(epoch, cfg.warmup)
+            loss = F.cross_entropy(model(a[tr], b[tr]), c[tr])
+            if not math.isfinite(float(loss.detach())):
+                raise UserError(f"grokking run {run_id} diverged at epoch {epoch} (loss {float(loss.detach())}); "
+                                "lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grokfast:
+                _grokfast_filter(model, grad_ema, cfg.grokfast_alpha, cfg.grokfast_lamb)
+            optimizer.step()
+            epoch += 1
+            wall += time.perf_counter() - t0
+            if epoch % cfg.eval_every == 0:
+                history.append(evaluate())
+                unstored.append(history[-1])
+                model.train()
+                if epoch % cfg.snapshot_every == 0:
+                    snapshot()
+                if progress:
+                    progress({**history[-1], "max_epochs": cfg.max_epochs})
+                status = _status(history, cfg, epoch)
+            if status is not None or time.monotonic() - last_save > 30 or stop["stop"]:
+                save()
+                last_save = time.monotonic()
+            if stop["stop"]:
+                if store is not None:
+                    store.upsert_run(run_id, status="interrupted", message=f"stopped at epoch {epoch}")
+                raise Interrupted(run_id, epoch, out_dir)
+    save()
+
+    frame = pd.DataFrame(history)[HISTORY_COLUMNS]
+    spectrum = embedding_spectrum(task, model.number_embedding())
+    measures, keys = None, []
+    if status != "stopped":
+        measures, keys = progress_measures(cfg, task, model, out_dir, train_idx, test_idx, epoch)
+    run = GrokRun(run_id=run_id, out_dir=out_dir, config=cfg, status=status, epochs=epoch, wall_time=wall,
+                  n_train=len(train_idx), n_test=len(test_idx), history=frame, measures=measures,
+                  key_frequencies=keys, spectrum=spectrum.tolist())
+    if store is not None:
+        if status == "stopped":
+            store.upsert_run(run_id, status="interrupted", message=f"stopped at epoch {epoch}")
+        else:
+            message = (f"generalised at epoch {run.generalised_epoch}" if status == "generalised"
+                       else f"no generalisation within {cfg.max_epochs} epochs")
+            store.upsert_run(run_id, status="done", message=message)
+            put_probe_result(store, PROBE, run_id, {**run.summary(), "spectrum": run.spectrum,
+                                                    "measures": measures.to_dict("records")}, run_id=run_id)
+    return run
+
+
+def _status(history: list[dict], cfg: GrokConfig, epoch: int) -> str | None:
+    """Why the run stops now, or None to go on: a pure function of the history, so a resumed
+    run stops exactly where an uninterrupted one would."""
+    generalised = next((h["epoch"] for h in history if h["test_acc"] >= GENERALISED_AT), None)
+    if generalised is not None and cfg.stop_after >= 0 and epoch >= generalised * (1 + cfg.stop_after):
+        return "generalised"
+    if epoch >= cfg.max_epochs:
+        return "generalised" if generalised is not None else "budget"
+    return None
+
+
+def _warmup(epoch: int, warmup: int) -> float:
+    return min(1.0, (epoch + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _grokfast_filter(model: torch.nn.Module, ema: dict[str, torch.Tensor], alpha: float, lamb: float) -> None:
+    """Grokfast-EMA (Lee et al. 2024): add λ x the exponential moving average of past gradients,
+    amplifying their slow (generalising) component."""
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            continue
+        if name not in ema:
+            ema[name] = param.grad.detach().clone()
+        else:
+            ema[name].mul_(alpha).add_(param.grad.detach(), alpha=1 - alpha)
+        param.grad.add_(ema[name], alpha=lamb)
+
+
+@torch.no_grad()
+def _evaluate(model, task: ModularTask, a, b, c, tr, te, fourier_top: int) -> dict:
+    was_training = model.training
+    model.eval()
+    logits = model(a, b)
+    losses = F.cross_entropy(logits, c, reduction="none")
+    correct = (logits.argmax(dim=-1) == c).float()
+    spectrum = embedding_spectrum(task, model.number_embedding())
+    model.train(was_training)
+    return {
+        "train_loss": float(losses[tr].mean()), "test_loss": float(losses[te].mean()),
+        "train_acc": float(correct[tr].mean()), "test_acc": float(correct[te].mean()),
+        "weight_norm": weight_norm(model), "fourier_sparsity": fourier_sparsity(spectrum, fourier_top),
+        "fourier_effective": effective_frequencies(spectrum),
+    }
+
+
+def _store_point(store: Store, run_id: str, h: dict, *, n_train: int, n_params: int) -> None:
+    examples = h["epoch"] * n_train
+    extra = {k: h[k] for k in ("train_acc", "test_acc", "weight_norm", "fourier_sparsity", "fourier_effective")}
+    store.add_point(run_id, step=h["epoch"], tokens=examples, flops=6.0 * n_params * examples,
+                    train_loss=h["train_loss"], val_loss=h["test_loss"], epoch=h["epoch"], lr=h["lr"],
+                    wall_time=h["wall_time"], extra=extra)
+
+
+# --- progress measures over the snapshots -----------------------------------------------------------
+
+def progress_measures(cfg: GrokConfig, task: ModularTask, final_model: torch.nn.Module, out_dir: Path,
+                      train_idx: torch.Tensor, test_idx: torch.Tensor, epoch: int) -> tuple[pd.DataFrame, list[int]]:
+    """Restricted and excluded loss at every snapshot, for the final model's key frequencies.
+
+    Cached in `measures.json` for the epoch the run stopped at (recomputed if it went on).
+    """
+    cache = out_dir / "measures.json"
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved["final_epoch"] == epoch:
+            return pd.DataFrame(saved["rows"]), saved["key_frequencies"]
+    final_model.eval()
+    keys = key_frequencies(task, logit_grid(task, final_model))
+    answers = task.pairs[2][torch.from_numpy(task.grid_index().reshape(-1))].numpy()
+    train_cells, test_cells = grid_cells(task, train_idx), grid_cells(task, test_idx)
+    model = build_model(cfg.model, cfg.p)
+    rows = []
+    for path in sorted((out_dir / "snapshots").glob("*.pt")):
+        snap_epoch = int(path.stem)
+        if snap_epoch > epoch:
+            continue
+        model.load_state_dict(torch.load(path, map_location="cpu"))
+        model.eval()
+        logits = logit_grid(task, model)
+        restricted, excluded = restricted_excluded_logits(task, logits, keys)
+        rows.append({
+            "epoch": snap_epoch,
+            "restricted_loss": grid_loss(restricted, answers, test_cells),
+            "excluded_loss": grid_loss(excluded, answers, train_cells),
+            "grid_train_loss": grid_loss(logits, answers, train_cells),
+            "grid_test_loss": grid_loss(logits, answers, test_cells),
+        })
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"final_epoch": epoch, "key_frequencies": keys, "rows": rows}))
+    os.replace(tmp, cache)
+    return pd.DataFrame(rows), keys
+
+
+# --- many runs: sweeps and comparisons ----------------------------------------------------------------
+
+def run_dir(out_root: Path | str, cfg: GrokConfig) -> Path:
+    return Path(out_root) / cfg.run_id
+
+
+def run_many(configs: Sequence[GrokConfig], out_root: Path | str, *, db: Path | str | None = None,
+             workers: int = 1, console=None) -> list[GrokRun]:  # noqa: ANN001
+    """Train (or resume, or load) several runs, `workers` at a time, with a progress bar over runs."""
+    jobs = [(cfg, str(run_dir(out_root, cfg)), None if db is None else str(db)) for cfg in configs]
+    return run_parallel(_run_job, jobs, workers=workers, label="grokking", console=console,
+                        describe=lambda job: job[0].resolved().describe())
+
+
+def _run_job(job: tuple[GrokConfig, str, str | None]) -> GrokRun:
+    cfg, out, db = job
+    return train_grokking(cfg, out, db=db)
+
+
+@dataclass
+class FractionSweep:
+    """Epochs to memorise and to generalise against the training fraction, within a budget.
+
+    table: one row per fraction (train_frac, n_train, memorised_epoch, generalised_epoch,
+      seconds_to_generalise, final_test_acc, epochs, status).
+    critical_frac: the smallest fraction from which every larger one generalised within the
+      budget (None: none did). largest_failed_frac: the largest fraction that did not.
+    """
+
+    table: pd.DataFrame
+    max_epochs: int
+    critical_frac: float | None
+    largest_failed_frac: float | None
+
+    def to_dict(self) -> dict:
+        return {"table": self.table.to_dict("records"), "max_epochs": self.max_epochs,
+                "critical_frac": self.critical_frac, "largest_failed_frac": self.largest_failed_frac}
+
+
+def sweep_fractions(base: GrokConfig, fractions: Sequence[float], out_root: Path | str, *,
+                    db: Path | str | None = None, workers: int = 1, console=None) -> tuple[FractionSweep, list[GrokRun]]:  # noqa: ANN001
+    """One run per training fraction (otherwise `base`); finds the critical data size."""
+    if not fractions:
+        raise UserError("--fractions needs at least one fraction, e.g. 0.2,0.3,0.4,0.5")
+    configs = [dataclasses.replace(base, train_frac=float(f)).resolved() for f in sorted(set(fractions))]
+    runs = run_many(configs, out_root, db=db, workers=workers, console=console)
+    table = pd.DataFrame([{
+        "train_frac": r.config.train_frac, "n_train": r.n_train, "memorised_epoch": r.memorised_epoch,
+        "generalised_epoch": r.generalised_epoch, "seconds_to_generalise": r.seconds_to_generalise,
+        "final_test_acc": float(r.history.test_acc.iloc[-1]), "epochs": r.epochs, "status": r.status,
+    } for r in runs])
+    critical, largest_failed = critical_fraction(table)
+    sweep = FractionSweep(table=table, max_epochs=configs[0].max_epochs, critical_frac=critical,
+                          largest_failed_frac=largest_failed)
+    if db is not None:
+        key = "sweep-" + config_hash({**configs[0].identity(), "train_frac": sorted(table.train_frac.tolist()),
+                                      "max_epochs": configs[0].max_epochs})
+        put_probe_result(open_store(db), PROBE, key, {"base": dataclasses.asdict(configs[0]), **sweep.to_dict()})
+    return sweep, runs
+
+
+def critical_fraction(table: pd.DataFrame) -> tuple[float | None, float | None]:
+    """(the smallest fraction above every failed one that generalised, the largest failed one)
+    from a table with columns train_frac and status."""
+    ok = table.status == "generalised"
+    failed = table.train_frac[~ok]
+    largest_failed = float(failed.max()) if len(failed) else None
+    above = table.train_frac[ok & (table.train_frac > (largest_failed if largest_failed is not None else -1.0))]
+    return (float(above.min()) if len(above) else None), largest_failed
+
+
+def compare_grokfast(base: GrokConfig, out_root: Path | str, *, db: Path | str | None = None, workers: int = 1,
+                     console=None) -> tuple[dict, list[GrokRun]]:  # noqa: ANN001
+    """The same run with and without Grokfast: epochs and seconds to generalise, and their ratio."""
+    plain = dataclasses.replace(base, grokfast=False).resolved()
+    fast = dataclasses.replace(base, grokfast=True).resolved()
+    runs = run_many([plain, fast], out_root, db=db, workers=workers, console=console)
+    p, g = runs[0], runs[1]
+    speedup = (p.generalised_epoch / g.generalised_epoch
+               if p.generalised_epoch and g.generalised_epoch else None)
+    out = {"plain": p.summary(), "grokfast": g.summary(), "epoch_speedup": speedup,
+           "max_epochs": plain.max_epochs}
+    if db is not None:
+        put_probe_result(open_store(db), PROBE, "grokfast-" + config_hash(plain.identity()), out)
+    return out, runs
