@@ -1,0 +1,157 @@
+"""`scalinglab probe capacity` and `scalinglab probe memorization`: storage vs structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scalinglab.cli.app import DEFAULT_DB, console, err_console, parse_number
+from scalinglab.cli.probe import probe_app
+from scalinglab.errors import UserError
+
+
+def _numbers(text: str, name: str) -> tuple[float, ...]:
+    values = tuple(parse_number(v, name) for v in text.split(",") if v.strip())
+    if not values:
+        raise UserError(f"{name} is empty; give comma-separated numbers, e.g. 1,4,16")
+    return values
+
+
+def _check_db(db: Path) -> None:
+    from scalinglab.store import open_store
+
+    open_store(db)  # a bad --db fails here, before any training
+
+
+@probe_app.command()
+def capacity(
+    models: str = typer.Option("1x16,1x24,1x32,1x40", help="Model shapes LAYERSxWIDTH, comma-separated."),
+    vocab: int = typer.Option(256, help="Vocabulary V of the random sequences."),
+    seq_len: int = typer.Option(32, help="Tokens per sequence S (S-1 are scored)."),
+    bits_per_param: str = typer.Option("1,2,3,4.5,6", help="Data set sizes per model, as H(data) / parameters."),
+    steps: int = typer.Option(2000, help="Training steps per run (runs that memorise everything stop early)."),
+    lr: float = typer.Option(1e-2, help="Peak learning rate (AdamW)."),
+    schedule: str = typer.Option("cosine", help="constant | cosine | wsd."),
+    batch_tokens: int = typer.Option(3200, help="Scored tokens per step; smaller data sets train full batch."),
+    seed: int = typer.Option(0, help="Seed of the data and the initialisation."),
+    workers: int = typer.Option(2, help="Parallel worker processes (one torch thread each)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
+    out: Path = typer.Option(Path("runs/probes/capacity"), help="Folder of the fits (resumable)."),
+    figures: Optional[Path] = typer.Option(None, help="Folder for the figures (default: OUT/figures)."),
+) -> None:
+    """Memorisation capacity in bits per parameter on uniformly random sequences (Morris et al. 2025)."""
+    from scalinglab.probes.capacity import CapacityConfig, parse_models, run_capacity
+    from scalinglab.probes.figures_storage import capacity_figures
+
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    cfg = CapacityConfig(models=parse_models(models), vocab_size=vocab, seq_len=seq_len,
+                         data_bits_per_param=_numbers(bits_per_param, "--bits-per-param"), steps=steps, lr=lr,
+                         schedule=schedule, max_batch_tokens=batch_tokens, seed=seed, device=device)
+    _check_db(db)
+    result = run_capacity(cfg, out, db, workers=workers, console=err_console)
+    paths = capacity_figures(result, figures or out / "figures")
+    _print_capacity(result)
+    console.print(f"figures: {', '.join(str(p) for p in paths)}; summary stored in {db} "
+                  f"(kind probe:capacity, key {cfg.key()})", highlight=False)
+
+
+def _print_capacity(result) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    table = Table("model", "params", "capacity (bits)", "bits/param", "at H/P", "gain last doubling",
+                  "doublings to 3.6", "held-out peak at H/P", title="capacity per model")
+    for row in result.models.itertuples():
+        table.add_row(row.model, f"{row.params:,}", f"{row.capacity_bits:,.0f}", f"{row.bits_per_param:.2f}",
+                      f"{row.at_data_bits_per_param:.1f}", f"{row.doubling_gain:.1%}", f"{row.doublings_to_anchor:.1f}",
+                      f"{row.double_descent_peak_data_bits_per_param:.1f}")
+    console.print(table)
+    fit = result.fit
+    interval = f" (95% CI {fit.low:.2f}–{fit.high:.2f})" if fit.low is not None else ""
+    r2 = f", R² {fit.r2:.3f}" if fit.r2 is not None else ""
+    slope = f", log-log slope {fit.log_slope:.2f}" if fit.log_slope is not None else ""
+    s = result.summary()
+    console.print(
+        f"α = {fit.alpha:.2f} bits/parameter{interval}{r2}{slope} over {fit.n_models} models (total parameters; "
+        f"non-embedding: {result.fit_nonembedding.alpha:.2f}). Anchor: 3.6 (bf16) / 3.83 (fp32) at full convergence.",
+        highlight=False)
+    verdict = "converged" if s["converged"] else "NOT converged"
+    console.print(
+        f"convergence: {verdict}; the capacity runs gained {s['median_doubling_gain']:.1%} (median, worst "
+        f"{s['max_doubling_gain']:.1%}) of their bits over their last doubling of steps; at that log-linear rate "
+        f"~{s['median_doublings_to_anchor'] or float('nan'):.1f} more doublings would reach 3.6 bits/param.",
+        highlight=False)
+
+
+@probe_app.command()
+def memorization(
+    corpus: str = typer.Option("stdlib", help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
+    tokenizer: str = typer.Option("byte", help="byte (default) or bpe."),
+    size: Optional[str] = typer.Option("30k", help="Model preset (fixed N): 10k 30k 100k ..."),
+    params: Optional[str] = typer.Option(None, help="Or any non-embedding parameter count, e.g. 5e4."),
+    tpp: str = typer.Option("1,4,16,64", help="Unique training tokens per parameter D/N, comma-separated."),
+    budget_tpp: Optional[float] = typer.Option(None, help="Training tokens per parameter of every run "
+                                               "(default: the largest D/N: its data is seen once)."),
+    seq_len: int = typer.Option(128, help="Tokens per training window."),
+    eval_windows: int = typer.Option(1024, help="Training and val windows scored per D."),
+    alpha: Optional[float] = typer.Option(None, help="Bits/parameter to use (default: the latest capacity "
+                                          "probe in the store, else the 3.6 anchor)."),
+    study: Optional[str] = typer.Option(None, help="Also measure this study's cooldown branches (group name)."),
+    seed: int = typer.Option(0, help="Seed of the subsets, initialisation and data order."),
+    workers: int = typer.Option(2, help="Parallel worker processes (one torch thread each)."),
+    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
+    out: Path = typer.Option(Path("runs/probes/memorization"), help="Folder of the runs (resumable)."),
+    figures: Optional[Path] = typer.Option(None, help="Folder for the figures (default: OUT/figures)."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
+) -> None:
+    """Sample-specific memorisation vs generalisation at fixed N and growing D, and membership inference."""
+    from scalinglab.corpus.prepare import CorpusConfig
+    from scalinglab.probes.figures_storage import memorization_figures
+    from scalinglab.probes.memorization import MemorizationConfig, run_memorization
+
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    corpus_cfg = CorpusConfig(source=corpus, tokenizer=tokenizer)
+    corpus_cfg.validate()
+    cfg = MemorizationConfig(corpus=corpus_cfg, size=None if params else size,
+                             params=parse_number(params, "--params") if params else None,
+                             tokens_per_param=_numbers(tpp, "--tpp"), budget_tpp=budget_tpp, seq_len=seq_len,
+                             eval_windows=eval_windows, alpha=alpha, seed=seed, device=device)
+    _check_db(db)
+    result = run_memorization(cfg, out, db, workers=workers, cache_dir=cache_dir, study=study, console=err_console)
+    paths = memorization_figures(result, figures or out / "figures")
+    _print_memorization(result)
+    console.print(f"figures: {', '.join(str(p) for p in paths)}; summary stored in {db} "
+                  f"(kind probe:memorization, key {cfg.key()})", highlight=False)
+
+
+def _print_memorization(result) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    console.print(f"model: N = {result.N:,} non-embedding ({result.P:,} total) parameters; capacity α·P = "
+                  f"{result.capacity_bits:,.0f} bits with α = {result.alpha:.2f} ({result.alpha_source}); data: "
+                  f"{result.bits_per_token:.3f} bits/token (xz -9 on the train split)", highlight=False)
+    table = Table("D/N", "D", "train bpt", "val bpt", "memorised (ref.)", "cheap (gap×D)", "generalised",
+                  "sample-specific share", "AUC loss", "AUC ref.", "D·b > α·P", title="memorisation vs generalisation")
+    for row in result.rows.itertuples():
+        share = "-" if row.sample_specific_share is None else f"{row.sample_specific_share:.2%}"
+        table.add_row(f"{row.tokens_per_param:g}", f"{row.D:,}", f"{row.train_bits_per_token:.3f}",
+                      f"{row.val_bits_per_token:.3f}", f"{row.memorised_bits:,.0f} ± {row.memorised_bits_se:,.0f}",
+                      f"{row.cheap_memorised_bits:,.0f}", f"{row.generalised_bits:,.0f}", share,
+                      f"{row.auc_loss:.3f}", f"{row.auc_reference:.3f}", "yes" if not row.storable else "no")
+    console.print(table)
+    if result.study is not None and len(result.study):
+        st = Table("N", "D", "D/N", "epoch", "val bpt", "cheap (gap×D)", "AUC loss", title="the study's runs")
+        for row in result.study.itertuples():
+            st.add_row(f"{row.N:,}", f"{row.D:,.0f}", f"{row.tokens_per_param:.1f}", f"{row.epoch or 0:.2f}",
+                       f"{row.val_bits_per_token:.3f}", f"{row.cheap_memorised_bits:,.0f}", f"{row.auc_loss:.3f}")
+        console.print(st)
+    lim = Table("model", "N", "P", "α·P (bits)", "D beyond which D·b > α·P", "as D/N", title="storage limit")
+    for limit in result.limits:
+        lim.add_row(limit.label, f"{limit.N:,}", f"{limit.P:,}", f"{limit.capacity_bits:,.0f}",
+                    f"{limit.limit_tokens:,.0f}", f"{limit.limit_tokens_per_param:.2f}")
+    console.print(lim)
