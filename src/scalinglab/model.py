@@ -136,11 +136,24 @@ class Attention(nn.Module):
         else:
             # Incremental decoding: the new queries see every cached position and, among
             # themselves, only earlier ones.
-            past = cache["k"].shape[2] if "k" in cache else 0
-            if past:
-                k = torch.cat([cache["k"], k], dim=2)
-                v = torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
+            past = cache.get("length", 0)
+            if cache.get("capacity"):
+                # Preallocated buffers: each step writes its keys/values in place instead of
+                # copying the whole cache (torch.cat), which dominates long incremental runs.
+                if "k" not in cache:
+                    shape = (B, self.n_head, cache["capacity"], self.head_dim)
+                    cache["k"], cache["v"] = k.new_empty(shape), v.new_empty(shape)
+                if past + T > cache["capacity"]:
+                    raise ValueError(f"the cache holds {cache['capacity']} positions; {past + T} asked for")
+                cache["k"][:, :, past : past + T] = k
+                cache["v"][:, :, past : past + T] = v
+                k, v = cache["k"][:, :, : past + T], cache["v"][:, :, : past + T]
+            else:
+                if past:
+                    k = torch.cat([cache["k"], k], dim=2)
+                    v = torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
+            cache["length"] = past + T
             mask = None
             if T > 1:
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
@@ -207,8 +220,10 @@ class GPT(nn.Module):
             x = block(x, cos[:T], sin[:T])
         return self.logits(x)
 
-    def new_cache(self) -> list[dict]:
-        return [{} for _ in self.blocks]
+    def new_cache(self, capacity: int | None = None) -> list[dict]:
+        """An empty key/value cache for `forward_step`. With `capacity` (the most positions it
+        will hold) keys and values go into buffers allocated once at the first step."""
+        return [{"capacity": capacity} if capacity else {} for _ in self.blocks]
 
     def forward_step(self, idx: torch.Tensor, cache: list[dict], pos: int) -> torch.Tensor:
         """Incremental forward: idx (B, t) at positions pos..pos+t-1 -> logits (B, t, V)."""
