@@ -17,6 +17,7 @@ from scalinglab.cli import train as _train  # noqa: F401,E402
 from scalinglab.cli import laws as _laws  # noqa: F401,E402
 from scalinglab.cli import probe as _probe  # noqa: F401,E402
 from scalinglab.cli import probe_storage as _probe_storage  # noqa: F401,E402
+from scalinglab.cli import compress as _compress  # noqa: F401,E402
 
 
 def main() -> None:

@@ -1,0 +1,78 @@
+"""Figures of the compression analyses (matplotlib, Agg backend, written to files)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scalinglab.compress.prequential import PrequentialResult
+from scalinglab.errors import UserError
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:  # noqa: ANN001
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+    except OSError as exc:
+        raise UserError(f"cannot write the figure {path}: {exc.strerror}; choose another --figure path") from None
+    finally:
+        _pyplot().close(fig)
+    return path
+
+
+def plot_compression_vs_data(frame, path: str | Path) -> Path:  # noqa: ANN001 - DataFrame from compression_vs_data
+    """Test-split bits/byte against training tokens D, a line per N, gzip -9 and xz -9 for scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for n, part in frame.sort_values("d").groupby("n"):
+        ax.plot(part["d"], part["ideal_bpb"], "o-", label=f"N = {n:,.0f} (ideal)")
+        if part["archive_bpb"].notna().any():
+            ax.plot(part["d"], part["archive_bpb"], "x", color=ax.lines[-1].get_color(), label=f"N = {n:,.0f} (archive)")
+    for name, style in (("gzip-9", ":"), ("xz-9", "--")):
+        ax.axhline(frame[f"{name}_bpb"].iloc[0], color="grey", linestyle=style, label=f"{name} (whole split)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training tokens D")
+    ax.set_ylabel(f"{frame['split'].iloc[0]} split, bits per byte")
+    ax.set_title("At fixed N, more data makes a better compressor")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def plot_prequential(result: PrequentialResult, path: str | Path) -> Path:
+    """Left: cumulative prequential code length against gzip -9 and xz -9 of the same stream.
+    Right: the training loss in bits/byte, whose area is the code length."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    tokens = result.curve_tokens
+    bytes_per_token = result.bytes / result.tokens
+    left.plot(tokens, [b / 8e6 for b in result.curve_bits], label=f"model, prequential ({result.bits_per_byte:.3f} bits/byte)")
+    for name, total in (("gzip -9", result.gzip_bits), ("xz -9", result.xz_bits)):
+        rate = total / result.bytes
+        left.plot(tokens, [rate * t * bytes_per_token / 8e6 for t in tokens], "--",
+                  label=f"{name}, whole stream ({rate:.3f} bits/byte, average)")
+    left.set_xlabel("training tokens seen")
+    left.set_ylabel("code length, MB")
+    left.set_title("Prequential code length of the training stream")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    right.plot(tokens, result.loss_bpb, label="training loss before each update")
+    right.axhline(result.gzip_bpb, color="grey", linestyle=":", label="gzip -9")
+    right.axhline(result.xz_bpb, color="grey", linestyle="--", label="xz -9")
+    right.set_xscale("log")
+    right.set_ylim(bottom=0.9 * min(result.xz_bpb, result.gzip_bpb, min(result.loss_bpb)))
+    right.set_xlabel("training tokens seen")
+    right.set_ylabel("bits per byte")
+    right.set_title("Compression = area under the loss curve")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3, which="both")
+    return _save(fig, path)

@@ -1,0 +1,119 @@
+"""Compression against data: at fixed N, how small each D point's model codes the test split.
+
+A study trains, for each model size N, cooldown branches that end at many data sizes D (store rows
+with kind "branch", the study's name as group, points whose `tokens` are D, and each branch's
+`out_dir/last.pt`). Each branch is a finished model; coding the held-out test split with it
+measures the compressor that D tokens of training made. The ideal code length (-sum log2 p with
+the compressor's chunking) comes from the plain forward; optionally the real archive is written
+too, which adds the coder's overhead (about 0.1%) at the incremental path's speed.
+
+Every (run, data, chunking) result is stored as `compress-vs-data`, and found there rather than
+computed again, so an interrupted analysis resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from scalinglab.compress import DEFAULT_BATCH
+from scalinglab.compress.archive import compress_bytes, load_compressor
+from scalinglab.compress.baselines import baseline_sizes
+from scalinglab.compress.lm import deterministic, ideal_code_length
+from scalinglab.compress.runs import RunInfo, run_info
+from scalinglab.corpus.prepare import split_bytes
+from scalinglab.errors import UserError
+from scalinglab.model import ModelConfig, count_params
+
+KIND = "compress-vs-data"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model to measure: its run and, from its checkpoint, N and D."""
+
+    info: RunInfo
+    n: int  # non-embedding parameters
+    d: int  # training tokens (a branch counts its trunk's)
+
+
+def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n: int | None) -> list[Target]:  # noqa: ANN001
+    if run_dirs:
+        infos = [run_info(d) for d in run_dirs]
+    else:
+        if store is None or group is None:
+            raise UserError("give a study group (--group) with a results store, or run directories (--run)")
+        rows = [r for r in store.runs(group=group, kind="branch") if r["status"] == "done"]
+        if not rows:
+            raise UserError(f"no finished branch runs in group {group!r}; run the study first or pass --run DIR")
+        infos = [run_info(r["out_dir"]) for r in rows]
+    targets = []
+    for info in infos:
+        if not (info.out_dir / "last.pt").exists():
+            raise UserError(f"{info.out_dir} has no last.pt; finish the run first")
+        n_run = count_params(ModelConfig(**info.config["model"])).non_embedding
+        d_run = int(info.train["total_steps"]) * info.batch_tokens
+        targets.append(Target(info, n_run, d_run))
+    if n is not None:
+        sizes = sorted({t.n for t in targets})
+        targets = [t for t in targets if t.n == n]
+        if not targets:
+            raise UserError(f"no run has N = {n:,} non-embedding parameters; the runs have {', '.join(f'{s:,}' for s in sizes)}")
+    return sorted(targets, key=lambda t: (t.n, t.d))
+
+
+def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence[str | Path] | None = None,  # noqa: ANN001
+                        *, n: int | None = None, split: str = "test", max_bytes: int | None = None,
+                        archive: bool = False, chunk_size: int | None = None, batch_size: int = DEFAULT_BATCH,
+                        cache_dir: Path | None = None,
+                        progress: Callable[[str], None] | None = None) -> "pd.DataFrame":  # noqa: F821
+    """One row per (N, D): the `split`'s ideal code length (and optionally the real archive's size)
+    under the model trained on D tokens, with gzip -9 and xz -9 of the same bytes.
+
+    Runs come from a study `group` in `store` (branch runs) or from `run_dirs`; `n` keeps one
+    model size. `max_bytes` measures a prefix of the split (quicker, for tests and previews).
+    """
+    import pandas as pd
+
+    targets = _targets(store, group, run_dirs, n)
+    data_cache: dict[str, tuple[bytes, dict]] = {}
+    rows = []
+    for target in targets:
+        info = target.info
+        corpus = info.corpus(cache_dir)
+        if corpus.key not in data_cache:
+            data = split_bytes(corpus, split)[: max_bytes or None]
+            if not data:
+                raise UserError(f"the {split} split is empty; nothing to compress")
+            classical = {b.name: b.whole_bpb for b in baseline_sizes(data, None, ["gzip-9", "xz-9"])}
+            data_cache[corpus.key] = (data, classical)
+        data, classical = data_cache[corpus.key]
+        comp = load_compressor(info.out_dir)
+        chunk = chunk_size or comp.context
+        data_hash = hashlib.sha256(data).hexdigest()[:16]
+        key = f"{info.run_id}:{split}:{data_hash}:c{chunk}:{'archive' if archive else 'ideal'}"
+        row = store.get_result(KIND, key) if store is not None else None
+        if row is None:
+            if progress:
+                progress(f"N={target.n:,} D={target.d:,}")
+            tokens = comp.tokenize(data)
+            with deterministic(1):
+                bits = ideal_code_length(comp.model, tokens, chunk, comp.prefix_token, batch_size=16)
+            row = {
+                "run_id": info.run_id, "group": group, "out_dir": str(info.out_dir), "n": target.n, "d": target.d,
+                "tokens_per_param": target.d / target.n, "split": split, "bytes": len(data), "tokens": len(tokens),
+                "chunk_size": chunk, "ideal_bits": bits, "ideal_bpb": bits / len(data),
+                "gzip-9_bpb": classical["gzip-9"], "xz-9_bpb": classical["xz-9"],
+                "archive_bytes": None, "archive_bpb": math.nan,
+            }
+            if archive:
+                packed, _ = compress_bytes(comp, data, chunk_size=chunk, batch_size=batch_size)
+                row["archive_bytes"] = len(packed)
+                row["archive_bpb"] = 8 * len(packed) / len(data)
+            if store is not None:
+                store.put_result(KIND, key, row, run_id=info.run_id)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,157 @@
+"""Compression analyses: classical baselines, the benchmark, prequential code length, compression vs D."""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import math
+import zlib
+from pathlib import Path
+
+import brotli
+import numpy as np
+import pytest
+import zstandard
+
+from scalinglab.compress import vsdata
+from scalinglab.compress.baselines import COMPRESSORS, NAMES, baseline_sizes
+from scalinglab.compress.bench import BenchSettings, compress_bench
+from scalinglab.compress.figures import plot_compression_vs_data, plot_prequential
+from scalinglab.compress.prequential import prequential_code_length
+from scalinglab.compress.vsdata import compression_vs_data
+from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+from scalinglab.corpus import CorpusConfig, prepare_corpus, split_bytes
+from scalinglab.store import open_store
+from scalinglab.train import plan_run, read_loss_log, train_run
+from scalinglab.train.data import BatchSampler
+
+GROUP = "tiny-study"
+
+
+@pytest.fixture(scope="module")
+def study(text_corpus, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """Two branch-kind runs of one N at two data budgets, recorded in a store as a study would."""
+    root = tmp_path_factory.mktemp("compress-study")
+    store = open_store(root / "s.db")
+    dirs = []
+    for tokens in (8_192, 40_960):
+        cfg = RunConfig(corpus=CorpusConfig(source=str(text_corpus)),
+                        model=ModelSpec(size=None, n_layer=1, d_model=32, n_head=2),
+                        train=TrainConfig(tokens=tokens, batch_size=4, seq_len=64, eval_points=2, eval_tokens=1024,
+                                          lr=3e-3))
+        corpus = prepare_corpus(cfg.corpus)
+        plan = plan_run(cfg, corpus, kind="branch")
+        plan.group = GROUP
+        train_run(plan, corpus, store, root / f"d{tokens}")
+        dirs.append(root / f"d{tokens}")
+    return root / "s.db", dirs
+
+
+def test_classical_baselines_are_real_compressions_whole_and_chunked():
+    data = (b"the same words again and again; " * 200) + bytes(range(256))
+    chunks = [data[i : i + 256] for i in range(0, len(data), 256)]
+    sizes = {b.name: b for b in baseline_sizes(data, chunks)}
+    assert list(sizes) == list(NAMES)
+    for b in sizes.values():
+        assert 0 < b.whole_bytes < len(data)
+        assert b.whole_bytes < b.chunked_bytes  # chunks cannot share their repeats
+        assert b.whole_bpb == pytest.approx(8 * b.whole_bytes / len(data))
+    # each per-chunk stream decodes back, so the sizes are honest
+    raw = {name: per_chunk(chunks[1]) for name, (_, per_chunk) in COMPRESSORS.items()}
+    assert zlib.decompress(raw["gzip-9"], -15) == chunks[1]
+    assert bz2.decompress(raw["bzip2-9"]) == chunks[1]
+    assert lzma.decompress(raw["xz-9"], format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]) == chunks[1]
+    unzstd = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompressobj()
+    assert unzstd.decompress(raw["zstd-19"]) == chunks[1]
+    assert brotli.decompress(raw["brotli-11"]) == chunks[1]
+
+
+def test_compress_bench_reports_every_file_and_records_it(study, tmp_path):
+    db, dirs = study
+    text = tmp_path / "text.txt"
+    text.write_bytes(split_bytes(prepare_corpus(CorpusConfig(source=str(_corpus_of(dirs[1])))), "val")[:3000])
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes())
+    store = open_store(tmp_path / "bench.db")
+    frame = compress_bench(dirs[1], [text, noise], BenchSettings(batch_size=8), store=store)
+    assert list(frame["bytes"]) == [3000, 2000]
+    assert frame["round_trip"].all()
+    for _, row in frame.iterrows():
+        # the incremental path and the plain forward agree on the ideal code length
+        assert row["forward_bpb"] == pytest.approx(row["ideal_bpb"], rel=1e-5)
+        assert row["ideal_bpb"] <= row["quantized_bpb"] * (1 + 1e-3)
+        assert row["actual_bpb"] > row["quantized_bpb"]
+        assert 0 < row["coder_overhead"] < 0.01
+        assert row["encode_Bps"] > 0 and row["decode_Bps"] > 0 and row["forward_Bps"] > 0
+        assert row["adjusted_bpb"] > row["actual_bpb"]
+        for name in NAMES:
+            assert row[f"{name}_bpb"] > 0 and row[f"{name}_chunked_bpb"] > 0
+    text_row, noise_row = frame.iloc[0], frame.iloc[1]
+    assert text_row["ideal_bpb"] < 5.0 < noise_row["ideal_bpb"]  # it learned text, not noise
+    assert noise_row["xz-9_bpb"] > 8.0  # random bytes do not compress
+    assert len(store.results("compress-bench")) == 2
+
+
+def test_prequential_code_length_is_the_area_under_the_loss_curve(study, tmp_path):
+    db, dirs = study
+    run = dirs[1]
+    store = open_store(db)
+    result = prequential_code_length(run, store=store)
+    losses = read_loss_log(run).astype(np.float64)
+    batch_tokens = 4 * 64
+    assert result.steps == len(losses) and result.tokens == len(losses) * batch_tokens == result.bytes
+    assert result.bits == pytest.approx(losses.sum() * batch_tokens / math.log(2), rel=1e-9)
+    assert result.curve_bits[-1] == pytest.approx(result.bits)
+    # the baselines compress exactly the stream the run trained on, in its order
+    corpus = prepare_corpus(CorpusConfig(source=str(_corpus_of(run))))
+    sampler = BatchSampler(corpus.tokens("train"), 64, 4, 0)
+    stream = b"".join(sampler.batch(s)[1].numpy().astype(np.uint8).tobytes() for s in range(len(losses)))
+    assert result.xz_bits == 8 * len(lzma.compress(stream, preset=9))
+    assert result.gzip_bpb > result.xz_bpb > 0
+    assert result.epochs < 1 and not result.partial
+    assert store.get_result("prequential", result.run_id)["bits"] == pytest.approx(result.bits)
+    assert plot_prequential(result, tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_compression_vs_data_improves_with_d_and_is_stored_once(study, tmp_path, monkeypatch):
+    db, dirs = study
+    store = open_store(db)
+    frame = compression_vs_data(store, GROUP, max_bytes=4096)
+    assert len(frame) == 2 and frame["n"].nunique() == 1
+    assert list(frame["d"]) == [8_192, 40_960]
+    small, large = frame.iloc[0], frame.iloc[1]
+    assert large["ideal_bpb"] < small["ideal_bpb"] - 0.3  # more data, better compressor
+    assert small["bytes"] == 4096 and small["gzip-9_bpb"] > 0
+    assert len(store.results("compress-vs-data")) == 2
+    # finished pieces are found in the store, not computed again
+    monkeypatch.setattr(vsdata, "ideal_code_length", lambda *a, **k: pytest.fail("recomputed a stored result"))
+    again = compression_vs_data(store, GROUP, max_bytes=4096)
+    assert list(again["ideal_bits"]) == list(frame["ideal_bits"])
+    assert plot_compression_vs_data(frame, tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_compression_vs_data_with_the_real_archive_from_run_directories(study):
+    _, dirs = study
+    frame = compression_vs_data(None, run_dirs=[dirs[1]], max_bytes=2048, archive=True, batch_size=8)
+    row = frame.iloc[0]
+    assert row["archive_bpb"] > row["ideal_bpb"]
+    assert row["archive_bytes"] * 8 - row["ideal_bits"] < 8 * 128 + 64  # the header and a few words
+
+
+def test_analysis_commands(run_cli, study, tmp_path):
+    db, dirs = study
+    code, out, err = run_cli("prequential", dirs[0], "--db", db, "--figure", tmp_path / "p.png")
+    assert code == 0, err
+    assert "prequential" in out and "xz -9" in out and (tmp_path / "p.png").exists()
+    code, out, err = run_cli("compress-vs-data", "--group", GROUP, "--db", db, "--max-bytes", "2k",
+                             "--figure", tmp_path / "v.png")
+    assert code == 0, err
+    assert out.count("bits/byte") >= 2 and (tmp_path / "v.png").exists()
+    code, out, err = run_cli("compress-vs-data", "--group", "nothing-here", "--db", db)
+    assert code == 2 and "no finished branch runs" in err
+
+
+def _corpus_of(run: Path) -> str:
+    import json
+
+    return json.loads((run / "config.json").read_text())["corpus"]["source"]
