@@ -14,18 +14,19 @@ from scalinglab.errors import UserError
 # Importing a module registers its subcommands.
 from scalinglab.cli import corpus as _corpus  # noqa: F401,E402
 from scalinglab.cli import train as _train  # noqa: F401,E402
+from scalinglab.cli import study as _study  # noqa: F401,E402
 from scalinglab.cli import laws as _laws  # noqa: F401,E402
 from scalinglab.cli import probe as _probe  # noqa: F401,E402
 from scalinglab.cli import probe_storage as _probe_storage  # noqa: F401,E402
 from scalinglab.cli import compress as _compress  # noqa: F401,E402
+from scalinglab.cli import probe_phase as _probe_phase  # noqa: F401,E402
 
 
 def main() -> None:
     try:
-        # Outside standalone mode click returns a command's exit code instead of exiting.
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code != 0:
-            sys.exit(code)
+        # Standalone mode: click prints its own usage errors (exit 2) and turns typer.Exit into
+        # the exit code; a UserError raised by the library comes through here.
+        app()
     except UserError as exc:
         from rich.text import Text
 
@@ -34,17 +35,6 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click's own usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
 
 
 __all__ = ["app", "main"]

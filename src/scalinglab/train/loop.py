@@ -53,6 +53,10 @@ class Diverged(Exception):
         self.run_id, self.step, self.loss = run_id, step, loss
 
 
+class RunBusy(UserError):
+    """Another process holds the run directory."""
+
+
 class Interrupted(Exception):
     """Stopped by a signal after writing a checkpoint; resume to continue."""
 
@@ -89,22 +93,27 @@ class RunPlan:
     def batch_tokens(self) -> int:
         return self.batch_size * self.seq_len
 
+    @property
+    def extendable(self) -> bool:
+        """A trunk (constant LR after warmup) is the same run whatever its length, so a longer
+        study continues it instead of starting again."""
+        return self.kind == "trunk" and self.schedule.kind == "constant"
+
     def resolved(self) -> dict:
         """The resolved config: what identifies the run and what `--resume` compares."""
+        # Settings that do not change the trained weights stay out of the run's identity.
+        not_identity = ("tokens", "tpp", "lr", "batch_size", "warmup", "checkpoint_every", "device", "dtype",
+                        "threads", "compile", "eval_points", "eval_tokens")
+        train = {k: v for k, v in self.config.to_dict()["train"].items() if k not in not_identity}
+        train |= {"batch_size": self.batch_size, "lr": self.lr, "warmup": self.schedule.warmup_steps,
+                  "schedule": self.schedule.kind, "eval_tokens": self.config.train.eval_tokens}
+        if not self.extendable:
+            train |= {"total_steps": self.total_steps, "tokens": self.total_steps * self.batch_tokens,
+                      "decay_start": self.schedule.decay_start, "eval_steps": self.eval_steps}
         return {
             "corpus": self.config.to_dict()["corpus"],
             "model": self.model.to_dict(),
-            "train": {
-                **{k: v for k, v in self.config.to_dict()["train"].items() if k not in ("tokens", "tpp", "lr", "batch_size", "warmup", "checkpoint_every", "device", "dtype", "threads", "compile", "eval_points")},
-                "batch_size": self.batch_size,
-                "lr": self.lr,
-                "warmup": self.schedule.warmup_steps,
-                "total_steps": self.total_steps,
-                "tokens": self.total_steps * self.batch_tokens,
-                "decay_start": self.schedule.decay_start,
-                "schedule": self.schedule.kind,
-                "eval_steps": self.eval_steps,
-            },
+            "train": train,
             "kind": self.kind,
             "parent_run": self.parent_run,
             "init_from_step": self.extra.get("init_from_step"),
@@ -185,7 +194,7 @@ def _stop_requests() -> Iterator[dict]:
     flag = {"stop": False}
 
     def handler(signum, frame):  # noqa: ANN001
-        if flag["stop"]:  # a second Ctrl-C gets the default behaviour
+        if flag["stop"] and signum == signal.SIGINT:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         flag["stop"] = True
 
@@ -240,13 +249,23 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
     resolved = plan.resolved()
     run_id = plan.run_id
     _claim_directory(out_dir, resolved, resume)
+    with _exclusive(out_dir):
+        done = out_dir / "DONE"
+        if done.exists():
+            done_step = json.loads(done.read_text())["step"]
+            if done_step >= plan.total_steps or not plan.extendable:
+                if (store.get_run(run_id) or {}).get("status") != "done":
+                    store.upsert_run(run_id, status="done", message=None)  # e.g. a store rebuilt from runs
+                return RunResult(run_id, "done", out_dir, done_step, store.points(run_id))
+            done.unlink()  # a longer trunk was asked for: continue from the last checkpoint
+        if (out_dir / "DIVERGED").exists():
+            info = json.loads((out_dir / "DIVERGED").read_text())
+            raise Diverged(run_id, info["step"], info["loss"])
+        return _train(plan, corpus, store, out_dir, resolved, run_id, reporter, stop_at_step, on_step)
 
-    if (out_dir / "DONE").exists():
-        return RunResult(run_id, "done", out_dir, plan.total_steps, store.points(run_id))
-    if (out_dir / "DIVERGED").exists():
-        info = json.loads((out_dir / "DIVERGED").read_text())
-        raise Diverged(run_id, info["step"], info["loss"])
 
+def _train(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, resolved: dict, run_id: str,
+           reporter: Reporter, stop_at_step: int | None, on_step: Callable[[int], None] | None) -> RunResult:
     t = plan.config.train
     placement = place(t.device, t.dtype, t.threads)
     counts = count_params(plan.model)
@@ -283,6 +302,7 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
                                   int(val_windows.shape[0] * plan.seq_len))
     run_model = torch.compile(model) if (t.compile and placement.device.type == "cuda") else model
     pending_evals = [s for s in plan.eval_steps if s > step]
+    snapshot_steps = set(plan.snapshot_steps)
     end = plan.total_steps if stop_at_step is None else min(plan.total_steps, stop_at_step)
     points: list[dict] = []
     last_ckpt_time = time.monotonic()
@@ -318,7 +338,7 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
                 if on_step:
                     on_step(step)
 
-                if step in plan.snapshot_steps:
+                if step in snapshot_steps:
                     save(out_dir / f"snap-{step}.pt", "snapshot")
                 if pending_evals and step >= pending_evals[0]:
                     pending_evals.pop(0)
@@ -349,8 +369,9 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
         reporter.close()
         loss_log.close()
 
-    (out_dir / "DONE").write_text(json.dumps({"step": step, "sha256": sha}))
+    # the store first: a kill between the two leaves a run that a resume finishes in no steps
     store.upsert_run(run_id, status="done", message=None)
+    (out_dir / "DONE").write_text(json.dumps({"step": step, "sha256": sha}))
     return RunResult(run_id, "done", out_dir, step, store.points(run_id))
 
 
@@ -406,6 +427,27 @@ def make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) 
     return torch.optim.AdamW(groups, lr=plan.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=fused or None)
 
 
+@contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock: two processes never train the same run at once (an
+    orphaned worker of a killed study may still be finishing it)."""
+    import fcntl
+
+    with open(out_dir / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"{out_dir} is being trained by another process; wait for it or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _claim_directory(out_dir: Path, resolved: dict, resume: bool) -> None:
     """Make `out_dir` this run's directory, refusing to mix runs."""
     config_path = out_dir / "config.json"
@@ -443,10 +485,12 @@ class _LossLog:
         self._fh.truncate(keep * 4)
         self._fh.seek(keep * 4)
         self._buffer: list[float] = []
+        self._flushed = time.monotonic()
 
     def append(self, value: float) -> None:
         self._buffer.append(value)
-        if len(self._buffer) >= 4096:
+        # flush about once a second too: a study's parent reads progress from the file size
+        if len(self._buffer) >= 4096 or (len(self._buffer) % 16 == 0 and time.monotonic() - self._flushed > 1.0):
             self.flush()
 
     def flush(self) -> None:
@@ -454,6 +498,7 @@ class _LossLog:
             self._fh.write(np.asarray(self._buffer, dtype=np.float32).tobytes())
             self._buffer.clear()
         self._fh.flush()
+        self._flushed = time.monotonic()
 
     def close(self) -> None:
         self.flush()

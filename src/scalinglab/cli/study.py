@@ -1,0 +1,160 @@
+"""`scalinglab study`: the fixed-capacity data-scaling study, the main job."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from scalinglab.cli.app import DEFAULT_DB, app, console, err_console
+
+
+def _fmt(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def print_grid(study) -> None:  # noqa: ANN001 - PreparedStudy
+    from rich.table import Table
+
+    grid = study.grid
+    table = Table("N (non-emb)", "shape", "batch", "lr", "warmup", "milestones (tokens/param)", "largest D",
+                  "est. tok/s", title=f"study {study.study_id}: budget {grid.budget.describe()}, "
+                  f"{study.config.workers} workers, cooldown {study.config.cooldown_frac:.0%} {study.config.cooldown_shape}")
+    for s in grid.sizes:
+        largest = max(m.end_step for m in s.milestones) * s.batch_tokens
+        table.add_row(
+            f"{s.n:,}", f"{s.model.n_layer}x{s.model.d_model}", f"{s.batch_size}x{s.seq_len}", f"{s.lr:.2e}",
+            str(s.warmup), " ".join(f"{m.tpp:.3g}" for m in s.milestones), _fmt(largest),
+            _fmt(s.tokens_per_s) if s.tokens_per_s else "-",
+        )
+    console.print(table)
+    estimate = grid.estimate_seconds()
+    saving = grid.total_flops / grid.separate_runs_flops
+    console.print(
+        f"total {grid.total_flops:.3g} FLOPs ({saving:.2f}x of separate cosine runs for the same points)"
+        + (f", estimated {estimate / 60:.1f} min" if estimate else "")
+        + ("" if study.replanned else " (plan reused from the last invocation)")
+    )
+    if grid.max_epochs > 1:
+        console.print(f"the largest D needs {grid.max_epochs:.2f} epochs over {grid.unique_train_tokens:,} unique "
+                      "train tokens: data will repeat, and each point records its epoch count")
+
+
+class StudyProgress:
+    """One bar over all training steps of the study, and the runs in flight."""
+
+    def __init__(self, tasks) -> None:  # noqa: ANN001
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from scalinglab.study.runner import steps_done
+
+        self._steps_done = steps_done
+        self.total = sum(t.steps for t in tasks)
+        self.progress = Progress(TextColumn("[bold]study"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                                 TextColumn("{task.fields[state]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                 TimeRemainingColumn(), console=err_console)
+        self.task = self.progress.add_task("study", total=self.total, state="")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.progress.stop()
+
+    def tick(self, tasks) -> None:  # noqa: ANN001
+        done = sum(self._steps_done(t) for t in tasks)
+        running = [t for t in tasks if t.status == "running"]
+        finished = sum(t.status == "done" for t in tasks)
+        state = f"{finished}/{len(tasks)} runs done; running: " + ", ".join(
+            t.plan.name.split("/", 1)[1] for t in running)
+        self.progress.update(self.task, completed=done, state=state)
+
+
+@app.command()
+def study(
+    preset: str = typer.Option("default", help="smoke (<1 min) | default (~10 min on 2 cores) | gpu (~1 h on one GPU)."),
+    corpus: Optional[str] = typer.Option(None, help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
+    field: Optional[str] = typer.Option(None, help="JSON-lines field / Parquet column with the text."),
+    glob: Optional[str] = typer.Option(None, help="Files to read from a directory corpus."),
+    tokenizer: Optional[str] = typer.Option(None, help="byte (default) or bpe."),
+    vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary size."),
+    sizes: Optional[str] = typer.Option(None, help="Comma-separated model sizes: presets or counts (1e4,3e4,1e5)."),
+    budget: Optional[str] = typer.Option(None, help="Wall clock (10m, 2h) or compute (1e15flops); 'none' = no limit."),
+    max_doublings: Optional[int] = typer.Option(None, help="Largest milestone allowed: 20 x 2^k tokens/param."),
+    cooldown_frac: Optional[float] = typer.Option(None, help="Cooldown share of each milestone (default 0.2)."),
+    cooldown_shape: Optional[str] = typer.Option(None, help="1-sqrt (default) | linear | cosine."),
+    workers: Optional[int] = typer.Option(None, help="Parallel training processes (default: one per CPU core)."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence."),
+    seed: Optional[int] = typer.Option(None, help="Seed of every run."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda."),
+    name: Optional[str] = typer.Option(None, help="Study name (default: the preset's)."),
+    no_repeat: bool = typer.Option(False, "--no-repeat", help="Stop if the largest D would repeat data."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned grid and stop."),
+    db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
+    out: Path = typer.Option(Path("study"), "--out", help="Where study folders go."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
+) -> None:
+    """Train models of fixed size N on ever more data D (far past 20 tokens/param), one WSD trunk
+    per N with a cooldown branch per D, and fit how fast the loss keeps falling."""
+    from scalinglab.corpus import CorpusConfig
+    from scalinglab.study import analyse, execute, prepare_study, study_preset
+
+    overrides = dict(
+        sizes=[s.strip() for s in sizes.split(",") if s.strip()] if sizes else None,
+        budget=None if budget is None else ("" if budget.lower() == "none" else budget),
+        max_doublings=max_doublings, cooldown_frac=cooldown_frac, cooldown_shape=cooldown_shape,
+        workers=workers, seq_len=seq_len, seed=seed, device=device, name=name, no_repeat=no_repeat or None,
+    )
+    cfg = study_preset(preset, **overrides)
+    if cfg.budget == "":
+        cfg.budget = None
+    if workers is None and cfg.device == "cpu":
+        cfg.workers = max(1, os.cpu_count() or 1)
+    cfg.corpus = CorpusConfig(**{**cfg.corpus.__dict__, **{k: v for k, v in dict(
+        source=corpus, field=field, glob=glob, tokenizer=tokenizer, vocab_size=vocab_size).items() if v is not None}})
+
+    err_console.print(f"preparing corpus {cfg.corpus.source!r} and planning the grid...")
+    prepared = prepare_study(cfg, db, out, cache_dir=cache_dir)
+    print_grid(prepared)
+    if dry_run:
+        return
+    try:
+        with StudyProgress(prepared.runs.tasks) as bar:
+            tasks = execute(prepared, on_tick=bar.tick)
+    except KeyboardInterrupt:
+        err_console.print("study interrupted; the running runs saved checkpoints. Rerun the same command to resume.")
+        raise typer.Exit(130)
+    for task in tasks:
+        if task.status in ("diverged", "failed", "skipped"):
+            err_console.print(f"{task.plan.name}: {task.status} {task.message.splitlines()[0] if task.message else ''}")
+    result = analyse(prepared)
+    print_results(result)
+    console.print(f"results: {result.csv}  figures: {', '.join(str(p) for p in result.figures)}  store: {db} "
+                  f"(group {prepared.study_id})")
+
+
+def print_results(result) -> None:  # noqa: ANN001 - StudyResult
+    from rich.table import Table
+
+    table = Table("N", "D", "tokens/param", "val loss", "val bpb", "train-val gap", "epochs")
+    for row in result.points.itertuples():
+        table.add_row(f"{row.N:,}", _fmt(row.D), f"{row.tokens_per_param:.3g}", f"{row.val_loss:.4f}",
+                      f"{row.val_bpb:.4f}", f"{row.gap:+.4f}", f"{row.epoch:.2f}")
+    console.print(table)
+    if not len(result.summary):
+        return
+    fits = Table("N", "L(D) = E + B/D^β: β [95%]", "E [95%]", "loss at 20/param", "at the largest D",
+                 "gain past 20:1", "next doubling", title="does the loss keep improving at fixed N?")
+    for row in result.summary.itertuples():
+        beta = f"{row.beta[0]:.3f} [{row.beta[1]:.3f}, {row.beta[2]:.3f}]" if row.beta else "- (too few points)"
+        e = f"{row.E[0]:.3f} [{row.E[1]:.3f}, {row.E[2]:.3f}]" if row.E else "-"
+        nxt = f"-{row.next_doubling_gain:.4f}" if row.next_doubling_gain is not None else "-"
+        fits.add_row(f"{row.N:,}", beta, e, f"{row.loss_at_20:.4f}", f"{row.loss_at_max:.4f} "
+                     f"({row.max_tokens_per_param:.0f}/param)", f"-{row.improvement_past_20:.4f}", nxt)
+    console.print(fits)

@@ -1,0 +1,146 @@
+"""The fixed-capacity data-scaling study: N x D grids of WSD trunks with cooldown branches.
+
+    from scalinglab.study import study_preset, prepare_study, execute, analyse
+    study = prepare_study(study_preset("default"), db="scalinglab.db", out=Path("study"))
+    print(study.grid)                    # the plan, sized to the budget
+    execute(study)                       # resumable; finished points are never redone
+    result = analyse(study)              # points, per-N fits L(D) = E + B/D^β, figures, study.csv
+
+A study lives in `out/<study id>/`: `study.json` (its config and the planned grid), `runs/`
+(one directory per trunk and branch), `study.csv` and `figures/`. Its runs and points are in the
+results store under the group `<study id>`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from scalinglab.config import config_hash
+from scalinglab.corpus.prepare import PreparedCorpus, prepare_corpus
+from scalinglab.errors import UserError
+from scalinglab.store import open_store
+from scalinglab.study.analysis import DataFit, fit_per_n, study_points, summary_rows, trunk_points
+from scalinglab.study.grid import Grid, StudyConfig, parse_budget, plan_grid, size_plan, study_preset
+from scalinglab.study.runner import StudyRuns, Task, build_tasks, run_tasks
+
+__all__ = [
+    "Grid", "PreparedStudy", "StudyConfig", "StudyResult", "analyse", "execute", "parse_budget", "prepare_study",
+    "study_preset",
+]
+
+
+@dataclass
+class PreparedStudy:
+    config: StudyConfig
+    study_id: str
+    study_dir: Path
+    db: Path
+    corpus: PreparedCorpus
+    grid: Grid
+    runs: StudyRuns
+    replanned: bool  # False when an earlier invocation's grid was reused
+
+    @property
+    def epochs_needed(self) -> float:
+        return self.grid.max_epochs
+
+
+@dataclass
+class StudyResult:
+    points: pd.DataFrame
+    trunk: pd.DataFrame
+    fits: list[DataFit]
+    summary: pd.DataFrame
+    csv: Path
+    figures: list[Path]
+    tasks: list[Task]
+
+    @property
+    def failed(self) -> list[Task]:
+        return [t for t in self.tasks if t.status in ("diverged", "failed", "skipped")]
+
+
+def study_identity(cfg: StudyConfig, corpus: PreparedCorpus) -> str:
+    """Settings that change what a point means; the budget and worker count do not."""
+    ident = {
+        "corpus": corpus.key, "sizes": cfg.sizes, "min_tpp": cfg.min_tpp,
+        "per_doubling": cfg.milestones_per_doubling, "cooldown_frac": cfg.cooldown_frac,
+        "cooldown_shape": cfg.cooldown_shape, "seq_len": cfg.seq_len, "eval_tokens": cfg.eval_tokens,
+        "seed": cfg.seed, "dtype": cfg.dtype, "device": cfg.device.split(":")[0],
+    }
+    return f"{cfg.name}-{config_hash(ident)[:8]}"
+
+
+def prepare_study(cfg: StudyConfig, db: str | Path, out: str | Path, *, cache_dir: Path | None = None) -> PreparedStudy:
+    """Prepare the corpus and plan the grid (reusing an earlier invocation's plan when the
+    settings are unchanged, so a rerun resumes exactly the same study)."""
+    parse_budget(cfg.budget)  # fail early on a bad budget
+    store = open_store(db)  # fail early on a foreign database
+    del store
+    corpus = prepare_corpus(cfg.corpus, cache_dir)
+    study_id = study_identity(cfg, corpus)
+    study_dir = Path(out) / study_id
+    saved_path = study_dir / "study.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else None
+    if saved and saved["config"] == json.loads(json.dumps(cfg.to_dict())):
+        sizes = [size_plan(cfg, label, corpus.vocab_size, k) for label, k in saved["doublings"].items()]
+        for size in sizes:
+            size.tokens_per_s = saved["tokens_per_s"].get(size.label)
+        grid = Grid(config=cfg, sizes=sorted(sizes, key=lambda s: s.n), budget=parse_budget(cfg.budget),
+                    unique_train_tokens=corpus.unique_train_tokens)
+        replanned = False
+    else:
+        grid = plan_grid(cfg, corpus)
+        replanned = True
+    if cfg.no_repeat and grid.max_epochs > 1:
+        raise UserError(
+            f"the largest D needs {grid.max_epochs:.2f} epochs over the {corpus.unique_train_tokens:,} unique train "
+            "tokens; drop --no-repeat to repeat data (recorded per point) or give a larger corpus"
+        )
+    return PreparedStudy(config=cfg, study_id=study_id, study_dir=study_dir, db=Path(db), corpus=corpus, grid=grid,
+                         runs=build_tasks(grid, study_id, study_dir), replanned=replanned)
+
+
+def _save_plan(study: PreparedStudy) -> None:
+    study.study_dir.mkdir(parents=True, exist_ok=True)
+    doublings = {size.label: size.doublings for size in study.grid.sizes}
+    payload = {
+        "study_id": study.study_id, "config": study.config.to_dict(), "doublings": doublings,
+        "tokens_per_s": {s.label: s.tokens_per_s for s in study.grid.sizes}, "saved": time.time(),
+    }
+    tmp = study.study_dir / "study.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(study.study_dir / "study.json")
+
+
+def execute(study: PreparedStudy, on_tick=None) -> list[Task]:
+    """Train every trunk and branch that is not finished yet."""
+    _save_plan(study)
+    return run_tasks(study.runs, study.corpus, study.db, study.config.workers, on_tick=on_tick)
+
+
+def analyse(study: PreparedStudy, bootstrap: int = 400) -> StudyResult:
+    """Collect the study's points from the store, fit L(D) per N, write study.csv and figures."""
+    from scalinglab.study.figures import draw_all
+
+    points = study_points(study.db, study.study_id)
+    trunk = trunk_points(study.db, study.study_id)
+    fits = fit_per_n(points, bootstrap=bootstrap) if len(points) else []
+    summary = summary_rows(points, fits) if len(points) else pd.DataFrame()
+    study.study_dir.mkdir(parents=True, exist_ok=True)
+    csv = study.study_dir / "study.csv"
+    points.to_csv(csv, index=False)
+    figures = draw_all(points, trunk, fits, study.study_dir / "figures") if len(points) else []
+    store = open_store(study.db)
+    for fit in fits:
+        store.put_result("study-fit", f"{study.study_id}/N{fit.N}", {
+            "study": study.study_id, "N": fit.N, "n_points": fit.n_points, "form": "L(D) = E + B/D^beta",
+            "E": fit.E, "B": fit.B, "beta": fit.beta, "converged": fit.converged,
+        })
+    return StudyResult(points=points, trunk=trunk, fits=fits, summary=summary, csv=csv, figures=figures,
+                       tasks=study.runs.tasks)

@@ -1,0 +1,322 @@
+"""The local runner: trunks and cooldown branches on a pool of worker processes.
+
+Each worker is a long-lived process (one torch thread on CPU) that receives one task at a time
+over its own pipe, so the parent always knows which task a worker holds: a worker that dies
+(even by kill -9) is replaced and its task goes back to the queue, to resume from its last
+checkpoint. Results flow to the store from the workers themselves; the parent only schedules.
+
+Scheduling: trunks first, longest first (a trunk is the one sequential chain of its N), then
+branches as soon as the trunk has written the snapshot they start from, longest first.
+Finished runs are skipped (their directories hold DONE), so rerunning a study after an
+interruption resumes it without redoing any point.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+from scalinglab.corpus.prepare import PreparedCorpus
+from scalinglab.study.grid import Grid, SizePlan
+from scalinglab.train.loop import RunPlan
+from scalinglab.train.schedules import Schedule
+
+MAX_ATTEMPTS = 3  # a task whose worker dies this often is given up (and reported)
+
+
+@dataclass
+class Task:
+    key: str
+    kind: str  # trunk | branch
+    plan: RunPlan
+    out_dir: Path
+    size: str
+    needs: Path | None = None  # the snapshot a branch starts from
+    needs_step: int = 0
+    attempts: int = 0
+    status: str = "pending"  # pending | running | done | diverged | skipped | failed
+    message: str = ""
+
+    @property
+    def steps(self) -> int:
+        return self.plan.total_steps - self.needs_step
+
+
+@dataclass
+class StudyRuns:
+    tasks: list[Task]
+    trunks: dict[str, Task] = field(default_factory=dict)
+
+
+def run_config(grid: Grid, size: SizePlan, tokens: float, schedule: str) -> RunConfig:
+    cfg = grid.config
+    return RunConfig(
+        corpus=cfg.corpus,
+        model=ModelSpec(size=None, n_layer=size.model.n_layer, d_model=size.model.d_model, n_head=size.model.n_head,
+                        mlp_ratio=size.model.mlp_ratio, tie_embeddings=size.model.tie_embeddings),
+        train=TrainConfig(tokens=tokens, tpp=None, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
+                          warmup=size.warmup, schedule=schedule, cooldown_frac=cfg.cooldown_frac,
+                          cooldown_shape=cfg.cooldown_shape, eval_tokens=cfg.eval_tokens, seed=cfg.seed,
+                          device=cfg.device, dtype=cfg.dtype, threads=1, compile=cfg.compile),
+        name=None,
+    )
+
+
+def build_tasks(grid: Grid, study_id: str, study_dir: Path) -> StudyRuns:
+    """One trunk task per N and one branch task per milestone, with their run plans."""
+    runs = StudyRuns(tasks=[])
+    for size in grid.sizes:
+        starts = sorted({m.start_step for m in size.milestones})
+        trunk_plan = RunPlan(
+            config=run_config(grid, size, size.trunk_steps * size.batch_tokens, "constant"),
+            model=size.model, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
+            schedule=Schedule("constant", total_steps=size.trunk_steps, warmup_steps=size.warmup),
+            eval_steps=starts, kind="trunk", name=f"{study_id}/N{size.n}/trunk", group=study_id,
+            snapshot_steps=starts, extra={"study": study_id, "size": size.label},
+        )
+        trunk_dir = study_dir / "runs" / trunk_plan.run_id
+        trunk = Task(key=trunk_plan.run_id, kind="trunk", plan=trunk_plan, out_dir=trunk_dir, size=size.label)
+        runs.tasks.append(trunk)
+        runs.trunks[size.label] = trunk
+        for m in size.milestones:
+            branch_plan = RunPlan(
+                config=run_config(grid, size, m.end_step * size.batch_tokens, "wsd"),
+                model=size.model, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
+                schedule=Schedule("wsd", total_steps=m.end_step, warmup_steps=size.warmup, decay_start=m.start_step,
+                                  shape=grid.config.cooldown_shape),
+                eval_steps=[m.end_step], kind="branch", name=f"{study_id}/N{size.n}/D{m.tpp:.3g}tpp", group=study_id,
+                parent_run=trunk_plan.run_id, init_from=str(trunk_dir / f"snap-{m.start_step}.pt"),
+                extra={"study": study_id, "size": size.label, "tpp": m.tpp, "init_from_step": m.start_step,
+                       "branch_start_tokens": m.start_step * size.batch_tokens,
+                       "milestone_tokens": m.end_step * size.batch_tokens, "trunk": trunk_plan.run_id},
+            )
+            runs.tasks.append(Task(
+                key=branch_plan.run_id, kind="branch", plan=branch_plan,
+                out_dir=study_dir / "runs" / branch_plan.run_id, size=size.label,
+                needs=trunk_dir / f"snap-{m.start_step}.pt", needs_step=m.start_step,
+            ))
+    return runs
+
+
+# --- the worker ---------------------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the parent dies (the loop then checkpoints and stops)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def worker_main(conn: Connection, corpus_path: str, db_path: str) -> None:
+    # Ctrl-C reaches every process of the terminal's group: idle workers ignore it; a training
+    # worker's loop installs its own handler, checkpoints and reports "interrupted".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
+    from scalinglab.store import open_store
+    from scalinglab.train.loop import Diverged, Interrupted, RunBusy, train_run
+
+    corpus = PreparedCorpus(Path(corpus_path))
+    store = open_store(db_path)
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        key, plan, out_dir = task
+        try:
+            train_run(plan, corpus, store, Path(out_dir), resume=True)
+            reply = (key, "done", "")
+        except Diverged as exc:
+            reply = (key, "diverged", f"step {exc.step}")
+        except Interrupted as exc:
+            reply = (key, "interrupted", f"step {exc.step}")
+        except RunBusy as exc:
+            reply = (key, "busy", str(exc))
+        except Exception as exc:  # reported to the parent; the worker stays up for the next task
+            reply = (key, "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        conn.send(reply)
+
+
+@dataclass
+class _Worker:
+    process: mp.Process
+    conn: Connection
+    task: Task | None = None
+
+
+class Pool:
+    """W worker processes, each holding at most one task."""
+
+    def __init__(self, workers: int, corpus: PreparedCorpus, db: Path) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._args = (str(corpus.path), str(db))
+        self.workers = [self._start() for _ in range(workers)]
+
+    def _start(self) -> _Worker:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(target=worker_main, args=(child, *self._args), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def idle(self) -> list[_Worker]:
+        return [w for w in self.workers if w.task is None]
+
+    def busy(self) -> list[_Worker]:
+        return [w for w in self.workers if w.task is not None]
+
+    def submit(self, worker: _Worker, task: Task) -> None:
+        worker.task = task
+        task.status, task.attempts = "running", task.attempts + 1
+        worker.conn.send((task.key, task.plan, str(task.out_dir)))
+
+    def poll(self, timeout: float) -> list[tuple[Task, str, str]]:
+        """Finished tasks as (task, status, message); a dead worker's task comes back as 'lost'."""
+        busy = self.busy()
+        if not busy:
+            time.sleep(timeout)
+            return []
+        ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
+        finished = []
+        for i, worker in enumerate(self.workers):
+            if worker.task is None:
+                continue
+            if worker.conn in ready:
+                try:
+                    key, status, message = worker.conn.recv()
+                except (EOFError, OSError):
+                    status, message = "lost", "the worker died"
+            elif worker.process.sentinel in ready or not worker.process.is_alive():
+                status, message = "lost", f"the worker died (exit code {worker.process.exitcode})"
+            else:
+                continue
+            task, worker.task = worker.task, None
+            finished.append((task, status, message))
+            if status == "lost":
+                worker.conn.close()
+                self.workers[i] = self._start()
+        return finished
+
+    def signal_busy(self, sig: int) -> None:
+        for worker in self.busy():
+            if worker.process.is_alive():
+                os.kill(worker.process.pid, sig)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            try:
+                worker.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for worker in self.workers:
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.terminate()
+
+
+def steps_done(task: Task) -> int:
+    """Progress of a task from its loss log (4 bytes per step), without asking the worker."""
+    if task.status == "done":
+        return task.steps
+    path = task.out_dir / "train_loss.f32"
+    try:
+        return min(task.steps, path.stat().st_size // 4)
+    except FileNotFoundError:
+        return 0
+
+
+def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, on_tick=None) -> list[Task]:
+    """Run every task to completion (or failure). Raises KeyboardInterrupt after the running
+    tasks have checkpointed when the user presses Ctrl-C."""
+    from scalinglab.store import open_store
+
+    store = open_store(db)
+    for task in runs.tasks:
+        finished = (task.out_dir / "DONE").exists() and _done_step(task) >= task.plan.total_steps
+        # a run whose store row does not say done yet goes to a worker, which settles it in no steps
+        if finished and (store.get_run(task.key) or {}).get("status") == "done":
+            task.status = "done"
+    pending = [t for t in runs.tasks if t.status == "pending"]
+    if not pending:
+        return runs.tasks
+    pool = Pool(min(workers, len(pending)), corpus, db)
+    try:
+        while True:
+            _skip_orphans(runs)
+            waiting = [t for t in runs.tasks if t.status == "pending"]
+            ready = sorted((t for t in waiting if t.needs is None or t.needs.exists()),
+                           key=lambda t: (t.kind != "trunk", -t.steps))
+            for worker, task in zip(pool.idle(), ready):
+                pool.submit(worker, task)
+            if not waiting and not pool.busy():
+                break
+            if waiting and not ready and not pool.busy():
+                for task in waiting:  # nothing can ever produce their snapshots
+                    task.status, task.message = "skipped", "its trunk stopped before this branch point"
+                break
+            for task, status, message in pool.poll(timeout=1.0):
+                _settle(task, status, message)
+            if on_tick:
+                on_tick(runs.tasks)
+    except KeyboardInterrupt:
+        pool.signal_busy(signal.SIGTERM)
+        deadline = time.time() + 120
+        while pool.busy() and time.time() < deadline:
+            for task, status, message in pool.poll(timeout=1.0):
+                task.status, task.message = ("pending", "interrupted") if status != "done" else ("done", "")
+        raise
+    finally:
+        pool.close()
+    return runs.tasks
+
+
+def _done_step(task: Task) -> int:
+    import json
+
+    try:
+        return json.loads((task.out_dir / "DONE").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def _settle(task: Task, status: str, message: str) -> None:
+    if status == "done":
+        task.status, task.message = "done", ""
+    elif status == "diverged":
+        task.status, task.message = "diverged", message
+    elif status in ("lost", "interrupted", "busy"):
+        # back to the queue: it resumes from its last checkpoint
+        if task.attempts >= MAX_ATTEMPTS and status == "lost":
+            task.status, task.message = "failed", f"{message}; gave up after {task.attempts} attempts"
+        else:
+            task.status, task.message = "pending", message
+            if status == "busy":
+                time.sleep(0.5)
+    else:
+        task.status, task.message = "failed", message
+
+
+def _skip_orphans(runs: StudyRuns) -> None:
+    """Branches whose trunk diverged or failed before their start cannot run."""
+    for task in runs.tasks:
+        if task.kind != "branch" or task.status != "pending" or task.needs is None or task.needs.exists():
+            continue
+        trunk = runs.trunks[task.size]
+        if trunk.status in ("diverged", "failed"):
+            task.status, task.message = "skipped", f"trunk {trunk.status} ({trunk.message.splitlines()[0] if trunk.message else ''})"
