@@ -225,13 +225,14 @@ def repetition(
 def _print_repetition(result) -> None:  # noqa: ANN001
     from rich.table import Table
 
-    table = Table("role", "epochs", "unique U", "tokens D", "junk", "val nats", "val bpb", "train nats",
-                  "predicted", "effective D'")
+    from scalinglab.progress import _fmt as si
+
+    table = Table("role", "epochs", "U", "D", "junk", "val nats", "val bpb", "train nats", "predicted", "D eff")
     num = lambda v, f: "-" if v is None or v != v else format(v, f)  # noqa: E731
     for r in result.table.itertuples():
-        table.add_row(r.role, f"{r.epochs}", f"{r.unique_tokens:,}", f"{r.tokens:,}", num(r.junk_share, ".2f"),
-                      num(r.val_loss, ".4f"), num(r.val_bpb, ".4f"), num(r.train_loss, ".4f"),
-                      num(r.predicted_loss, ".4f"), num(r.effective_tokens, ",.0f"))
+        table.add_row(r.role, f"{r.epochs}", si(r.unique_tokens), si(r.tokens), num(r.junk_share, ".2f"),
+                      num(r.val_loss, ".3f"), num(r.val_bpb, ".3f"), num(r.train_loss, ".3f"),
+                      num(r.predicted_loss, ".3f"), "-" if r.effective_tokens != r.effective_tokens else si(r.effective_tokens))
     console.print(table)
 
 
