@@ -8,7 +8,8 @@ Chinchilla ratio (5/param), two per doubling of D by default, up to the largest 
 budget allows for that N: small models are cheap, so they reach larger multiples.
 
 Budget sizing measures each N's training throughput with a short probe, then doubles the largest
-milestone of whichever N is cheapest to extend while the plan still fits: the makespan estimate
+milestone of the N that has gone least far (the cheapest on ties) while the plan still fits, so
+all sizes reach the same multiple before the cheap ones go further. The makespan estimate
 is the larger of the longest single chain (a trunk plus its last cooldown; a trunk is
 sequential) and the total work spread over the workers.
 """
@@ -310,7 +311,8 @@ def plan_grid(cfg: StudyConfig, corpus: PreparedCorpus, *, probe: bool = True) -
             return _makespan(sizes, cfg.workers) <= budget.seconds
         return True
 
-    # Greedy: extend the N whose next doubling costs least, while the plan fits.
+    # Greedy: extend the N that has gone least far past 20:1 (the cheaper on ties) while the
+    # plan fits, so that every N reaches the same multiple before the small ones go further.
     while True:
         options = []
         for label in labels:
@@ -321,10 +323,10 @@ def plan_grid(cfg: StudyConfig, corpus: PreparedCorpus, *, probe: bool = True) -
             candidate = {**plans, label: trial}
             if fits(candidate):
                 cost = trial.work_steps * trial.batch_tokens / (trial.tokens_per_s or 1.0)
-                options.append((cost, label, trial))
+                options.append((doublings[label], cost, label, trial))
         if not options:
             break
-        _, label, trial = min(options, key=lambda o: o[0])
+        *_, label, trial = min(options, key=lambda o: o[:2])
         plans[label], doublings[label] = trial, doublings[label] + 1
 
     grid = Grid(config=cfg, sizes=sorted(plans.values(), key=lambda s: s.n), budget=budget,
