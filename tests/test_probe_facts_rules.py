@@ -32,6 +32,10 @@ def test_data_facts_are_random_rules_follow_the_rule_and_test_keys_are_unseen():
     small, n_facts = data.dataset(32, 0.5)
     assert n_facts == 16 and torch.equal(small[:16], data.facts[:16]) and torch.equal(small[16:], data.rules[:16])
     assert torch.equal(make_data(cfg).facts, data.facts)  # seeded
+    # a sweep to a larger D extends the data: every fit at a given D sees the same items
+    larger = make_data(FactsRulesConfig(**{**TINY, "items": (32, 2048)}))
+    assert torch.equal(larger.facts[:256], data.facts) and torch.equal(larger.rules[:256], data.rules)
+    assert torch.equal(larger.test, data.test)
 
 
 def test_answers_correct_scores_both_value_tokens():

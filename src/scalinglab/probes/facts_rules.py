@@ -120,6 +120,11 @@ class FactsRulesConfig:
     def key(self) -> str:
         return config_hash(asdict(self))
 
+    def fit_identity(self, n_items: int) -> dict:
+        """What fixes the fit at one dataset size: not the other sizes of the sweep."""
+        data = {k: getattr(self, k) for k in ("rule_share", "alphabet", "test_items", "seed")}
+        return {"probe": PROBE, "n_items": n_items, "data": data, "epochs": self.epochs}
+
 
 # --- the data ------------------------------------------------------------------------------------
 
@@ -142,33 +147,49 @@ class FactsRulesData:
 
 def make_data(cfg: FactsRulesConfig) -> FactsRulesData:
     """Facts with distinct random keys and random values; rule items with distinct random keys,
-    the test keys disjoint from every training key."""
+    the test keys disjoint from every training key.
+
+    Every list is drawn as a stream (`_unique_codes`), so the data for a smaller largest D is a
+    prefix of the data for a larger one: a fit at a given D is the same whatever the sweep.
+    """
     A = cfg.alphabet
     F, R, EQ = A, A + 1, A + 2
-    rng = np.random.default_rng([cfg.seed, 31337])
-    sigma, tau = rng.permutation(A), rng.permutation(A)
     top = max(cfg.items)
     n_rules = round(top * cfg.rule_share)
-    n_facts = top - round(top * cfg.rule_share)
-
-    def keys(codes: np.ndarray) -> np.ndarray:
-        return np.stack([codes // A ** 2, codes // A % A, codes % A], axis=1)
-
-    fact_keys = keys(rng.choice(A ** 3, size=n_facts, replace=False))
-    fact_values = rng.integers(0, A, size=(n_facts, 2))
+    n_facts = top - n_rules
     if n_rules + cfg.test_items > A ** 3:
         raise UserError(f"{n_rules + cfg.test_items:,} rule keys needed but the alphabet gives {A ** 3:,}; "
                         "raise --alphabet")
-    rule_codes = rng.choice(A ** 3, size=n_rules + cfg.test_items, replace=False)
+    permutations = np.random.default_rng([cfg.seed, 1])
+    sigma, tau = permutations.permutation(A), permutations.permutation(A)
+    fact_keys = _keys(_unique_codes(np.random.default_rng([cfg.seed, 2]), A ** 3, n_facts), A)
+    fact_values = np.random.default_rng([cfg.seed, 3]).integers(0, A, size=(n_facts, 2))
+    # The test keys come first in the rule-key stream, so no training set ever contains one.
+    rule_keys = _keys(_unique_codes(np.random.default_rng([cfg.seed, 4]), A ** 3, cfg.test_items + n_rules), A)
 
     def rule_rows(k: np.ndarray) -> np.ndarray:
         return np.column_stack([np.full(len(k), R), k, np.full(len(k), EQ), sigma[k[:, 0]], tau[k[:, 2]]])
 
     facts = np.column_stack([np.full(n_facts, F), fact_keys, np.full(n_facts, EQ), fact_values])
-    rule_keys = keys(rule_codes)
     as_tensor = lambda a: torch.from_numpy(a.astype(np.int64)).reshape(-1, SEQ_LEN)  # noqa: E731
-    return FactsRulesData(facts=as_tensor(facts), rules=as_tensor(rule_rows(rule_keys[:n_rules])),
-                          test=as_tensor(rule_rows(rule_keys[n_rules:])), alphabet=A)
+    return FactsRulesData(facts=as_tensor(facts), rules=as_tensor(rule_rows(rule_keys[cfg.test_items:])),
+                          test=as_tensor(rule_rows(rule_keys[: cfg.test_items])), alphabet=A)
+
+
+def _unique_codes(rng: np.random.Generator, space: int, n: int) -> np.ndarray:
+    """The first `n` distinct values of a stream of uniform draws from [0, space). Drawn in
+    fixed-size chunks, so the stream (and so the prefix) does not depend on `n`."""
+    seen: dict[int, None] = {}
+    while len(seen) < n:
+        for code in rng.integers(0, space, size=1024).tolist():
+            seen.setdefault(code)
+            if len(seen) == n:
+                break
+    return np.fromiter(seen, dtype=np.int64, count=n)
+
+
+def _keys(codes: np.ndarray, A: int) -> np.ndarray:
+    return np.stack([codes // A ** 2, codes // A % A, codes % A], axis=1)
 
 
 def answer_mask() -> torch.Tensor:
@@ -227,7 +248,7 @@ def _fit_one(job: _Job) -> dict:
                              meta={"n_items": job.n_items, "n_facts": n_facts, "bits_per_fact": bits_per_fact})
     result = fit_sequences(cfg.model_config(), sequences, cfg.recipe(job.n_items), job.out_dir, loss_mask=mask,
                            evaluate=evaluate, record=record,
-                           identity={"probe": PROBE, "n_items": job.n_items, "config": cfg.key()})
+                           identity=cfg.fit_identity(job.n_items))
     final = result.final
     return {"n_items": job.n_items, "n_facts": n_facts, "n_rules": job.n_items - n_facts, "run_id": result.run_id,
             "steps": result.steps, "exposures": result.steps * cfg.batch_size / job.n_items,
@@ -275,7 +296,7 @@ def run_facts_rules(cfg: FactsRulesConfig, out_root: Path | str, *, db: Path | s
                     console=None) -> FactsRulesResult:  # noqa: ANN001
     """One fit per dataset size (resumable; finished fits are loaded), then the summary."""
     out_root = Path(out_root)
-    jobs = [_Job(cfg, d, str(out_root / f"{cfg.key()}-D{d}"), None if db is None else str(db)) for d in cfg.items]
+    jobs = [_Job(cfg, d, str(out_root / _fit_dir(cfg, d)), None if db is None else str(db)) for d in cfg.items]
     # Largest first: with several workers the longest fits start early.
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i].n_items)
     finished = run_parallel(_fit_one, [jobs[i] for i in order], workers=workers, label="facts-rules",
@@ -300,6 +321,12 @@ def run_facts_rules(cfg: FactsRulesConfig, out_root: Path | str, *, db: Path | s
     if db is not None:
         put_probe_result(open_store(db), PROBE, cfg.key(), result.to_dict())
     return result
+
+
+def _fit_dir(cfg: FactsRulesConfig, n_items: int) -> str:
+    recipe = cfg.recipe(n_items).to_dict()
+    return f"D{n_items}-" + config_hash({**cfg.fit_identity(n_items), "model": cfg.model_config().to_dict(),
+                                         "recipe": recipe})
 
 
 def capacity_alpha(store: Store) -> tuple[float | None, str | None, str | None]:

@@ -133,9 +133,8 @@ class GrokConfig:
         ModularTask(self.p, self.op)  # checks p
         if not 0 < self.train_frac < 1:
             raise UserError(f"--frac must lie strictly between 0 and 1, got {self.train_frac}")
-        for name in ("lr",):
-            if not (getattr(self, name) > 0 and math.isfinite(getattr(self, name))):
-                raise UserError(f"--{name} must be a positive number, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise UserError(f"--wd must be a number >= 0, got {self.weight_decay}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):

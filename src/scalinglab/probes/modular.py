@@ -258,7 +258,8 @@ def logit_grid(task: ModularTask, model: nn.Module) -> np.ndarray:
     """Logits of every pair on the group grid: (n, n, p) float64, [i, j] = pair (e_i, e_j)."""
     a, b, _ = task.pairs
     index = torch.from_numpy(task.grid_index().reshape(-1))
-    logits = model(a[index], b[index]).double().cpu().numpy()
+    device = next(model.parameters()).device
+    logits = model(a[index].to(device), b[index].to(device)).double().cpu().numpy()
     n = len(task.group_elements)
     return logits.reshape(n, n, -1)
 
