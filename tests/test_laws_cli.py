@@ -102,6 +102,13 @@ def test_plan_answers_the_anchor_questions(run_cli):
     assert q["epochs"]["estimate"] == pytest.approx(9.1, abs=0.15) and json.loads(out)["law"] == "muennighoff2023"
 
 
+def test_fixed_parameters_are_held_and_shown(run_cli, csv):
+    code, out, err = run_cli("fit", csv, "--n-col", "params", "--loss-col", "val", "--fix", "alpha=0.34", "--multistart", "8", "--bootstrap", "30", "--json")
+    assert code == 0, err
+    alpha = json.loads(out)["params"]["alpha"]
+    assert alpha["estimate"] == 0.34 and alpha["fixed"] and "lo" not in alpha
+
+
 def test_a_fit_that_does_not_converge_is_flagged(run_cli, csv, monkeypatch):
     from scalinglab.laws import fitting, objective
 
@@ -121,6 +128,8 @@ def test_a_fit_that_does_not_converge_is_flagged(run_cli, csv, monkeypatch):
         (["fit", "{one_n}"], ["same N", "--form data"]),
         (["fit", "{negative}"], ["non-positive or non-finite", "row 1"]),
         (["fit", "--db", "{tmp}/none.db"], ["no results store"]),
+        (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--fix", "alpha"], ["NAME=VALUE"]),
+        (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--fix", "gamma=1"], ["cannot fix ['gamma']"]),
         (["plan"], ["nothing to plan"]),
         (["plan", "--law", "gopher", "--flops", "1e21"], ["unknown law"]),
         (["plan", "--flops", "lots"], ["cannot read 'lots'"]),

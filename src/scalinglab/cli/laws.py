@@ -32,6 +32,7 @@ def fit(
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the intervals (0: none)."),
     by: str = typer.Option("auto", help="Resample points, runs, or auto (runs when known)."),
     seed: int = typer.Option(0, help="Seed for the multistart check and the bootstrap."),
+    fix: list[str] = typer.Option([], "--fix", help="Hold a parameter at a value, e.g. --fix alpha=0.34 (repeatable)."),
     multistart: Optional[int] = typer.Option(None, help="Random L-BFGS starts (default 16 as a check; 64 for forms without variable projection)."),
     at_flops: list[str] = typer.Option([], "--at-flops", help="Also report N_opt, D_opt, tokens/param at this compute (repeatable)."),
     predict: list[str] = typer.Option([], "--predict", help="Also predict the loss at N,D (e.g. 7e10,1.4e12; repeatable)."),
@@ -45,18 +46,21 @@ def fit(
     from scalinglab.laws.forms import get_form
 
     law_form = get_form(form)
+    flops = [parse_number(c, "--at-flops") for c in at_flops]
+    fixed = dict(_parse_fix(f) for f in fix)
+    free = len(law_form.params) - len(fixed)
     if source is None:
         frame = laws.store_frame(db, group=group, convention=param_convention)
-        data = laws.prepare(frame, law_form, group_col="group", unique_col="U" if "U" in frame else None,
+        data = laws.prepare(frame, law_form, group_col="group", unique_col="U" if "U" in frame else None, free_params=free,
                             drop_top_loss=drop_top_loss, source=str(db) + (f" (group {group})" if group else ""))
     else:
         data = laws.prepare(laws.read_table(source), law_form, n_col=n_col, d_col=d_col, loss_col=loss_col, flops_col=flops_col,
-                            unique_col=unique_col, group_col=group_col, drop_top_loss=drop_top_loss, source=source.name)
-    flops = [parse_number(c, "--at-flops") for c in at_flops]
+                            unique_col=unique_col, group_col=group_col, drop_top_loss=drop_top_loss, free_params=free,
+                            source=source.name)
     points = [_parse_point(p, law_form.variables) for p in predict]
 
-    with _progress(quiet=False) as report:
-        result = laws.fit(data, law_form, delta=delta, asymmetry=asymmetry, multistart=multistart, seed=seed,
+    with _progress() as report:
+        result = laws.fit(data, law_form, delta=delta, asymmetry=asymmetry, fixed=fixed, multistart=multistart, seed=seed,
                           bootstrap=bootstrap, bootstrap_by=by, progress=report)
     derived = result.derived(flops=flops, at=points)
     approaches = _approaches(result) if compare else {}
@@ -265,6 +269,13 @@ def _parse_point(text: str, variables: tuple[str, ...]) -> tuple[float, ...]:
     return tuple(parse_number(p, "--predict") for p in parts)
 
 
+def _parse_fix(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise UserError(f"--fix {text!r}: write it as NAME=VALUE, e.g. --fix alpha=0.34")
+    return name.strip(), parse_number(value, f"--fix {name.strip()}")
+
+
 def _write_json(path: Path, data: dict) -> None:
     try:
         path.write_text(json.dumps(data, indent=1, default=float))
@@ -273,18 +284,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 class _progress:
-    """A transient rich progress bar for the bootstrap, on stderr."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
+    """A transient rich progress bar for the bootstrap, on stderr; yields the callback fit() calls."""
 
     def __enter__(self):
-        if self.quiet:
-            return None
         from rich.progress import BarColumn, Progress, TimeRemainingColumn
 
-        self.bar = Progress("bootstrap", BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(), console=err_console, transient=True)
+        self.bar = Progress("bootstrap", BarColumn(), "{task.completed}/{task.total}", TimeRemainingColumn(),
+                            console=err_console, transient=True)
         self.bar.start()
         self.task = None
 
@@ -296,6 +302,5 @@ class _progress:
         return report
 
     def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
+        self.bar.stop()
         return False

@@ -144,7 +144,7 @@ def _check(base: Objective, weights: np.ndarray, z: np.ndarray, values: np.ndarr
 
 
 def grid_guard(form: Form, X: Mapping, log_loss: np.ndarray, weights: np.ndarray, robust: RobustLoss,
-               points: int = 16, block: int = 32) -> tuple[np.ndarray, np.ndarray]:
+               points: int = 12, block: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """For every resample (row of `weights`), the best cell of a coarse exponent grid.
 
     Coefficients are solved by weighted least squares on relative errors (one solve per cell and

@@ -3,7 +3,7 @@
     fit(data, "chinchilla")  ->  FitResult
 
 1. Variable projection (laws/varpro.py) searches the exponents on a grid, solves the coefficients
-   for each, and refines the best basins with Nelder-Mead on the profile objective.
+   for each, and refines the best basins with finer grids on the profile objective.
 2. L-BFGS-B polishes all parameters jointly on the exact objective (analytic gradient).
 3. A multistart check: L-BFGS-B from random starts spread like Hoffmann's grid. If any start beats
    variable projection, the fit says so and keeps the better optimum. Forms without a linear
@@ -67,7 +67,7 @@ def fit(
     data = as_fit_data(data, form, free_params=n_free)
     robust = RobustLoss(delta, asymmetry)
     X = data.X(form)
-    if isinstance(form, PowerLawSum):
+    if isinstance(form, PowerLawSum) and not fixed:  # centred coordinates tie a coefficient to its exponent
         form = form.centred(X)
     objective = Objective(form, X, data.loss, robust, fixed=fixed)
     use_varpro = form.varpro is not None and not fixed
@@ -80,25 +80,8 @@ def fit(
     if not found:
         raise UserError("nothing to fit: with multistart 0 a form without variable projection has no starting point; use --multistart 16")
 
-    origin, best = min(found, key=lambda pair: pair[1].value)
-    vp = [p for o, p in found if o == "variable projection"]
-    if vp and same_value(min(p.value for p in vp), best.value):  # a tie is credited to variable projection
-        origin, best = "variable projection", min(vp, key=lambda p: p.value)
-    same = lambda p: p.value <= best.value * (1 + SAME_OPTIMUM_RTOL) + 1e-300  # noqa: E731
-    warnings = []
-    if use_varpro:
-        vp_best = min((p.value for o, p in found if o == "variable projection"), default=np.inf)
-        ms = [p for o, p in found if o == "multistart"]
-        diagnostics["multistart_check"] = {
-            "starts": len(ms),
-            "reached_optimum": sum(same(p) for p in ms),
-            "best": min((p.value for p in ms), default=None),
-            "agrees": bool(same_value(vp_best, best.value)),
-        }
-        if not same_value(vp_best, best.value):
-            warnings.append(f"a multistart run found a lower objective ({best.value:.6g}) than variable projection ({vp_best:.6g}); kept the lower")
-    else:
-        diagnostics["multistart_check"] = {"starts": len(found), "reached_optimum": sum(same(p) for _, p in found)}
+    origin, best, check, warnings = _choose(found, use_varpro)
+    diagnostics["multistart_check"] = check
     diagnostics.update(iterations=best.iterations, grad_norm=best.grad_norm, found_by=origin, seconds=time.perf_counter() - started)
     warnings += _bound_warnings(form, best.z, fixed)
 
@@ -136,6 +119,24 @@ def _search(form, X, loss, objective, robust, use_varpro, multistart, seed, fixe
         found += [("multistart", polish(objective, z)) for z in starts]
         diagnostics["multistart_seconds"] = time.perf_counter() - t0
     return found, diagnostics
+
+
+def _choose(found: list[tuple[str, Polished]], use_varpro: bool) -> tuple[str, Polished, dict, list[str]]:
+    """The best optimum found, what the multistart check says about it, and any warning.
+
+    A tie is credited to variable projection; a multistart run that beats it is kept and flagged."""
+    origin, best = min(found, key=lambda pair: pair[1].value)
+    vp = [p for o, p in found if o == "variable projection"]
+    ms = [p for o, p in found if o == "multistart"]
+    reached = sum(same_value(p.value, best.value) for p in ms)
+    if not use_varpro or not vp:
+        return origin, best, {"starts": len(ms), "reached_optimum": reached}, []
+    vp_best = min(vp, key=lambda p: p.value)
+    agrees = same_value(vp_best.value, best.value)
+    check = {"starts": len(ms), "reached_optimum": reached, "best": min((p.value for p in ms), default=None), "agrees": agrees}
+    if agrees:
+        return "variable projection", vp_best, check, []
+    return origin, best, check, [f"a multistart run found a lower objective ({best.value:.6g}) than variable projection ({vp_best.value:.6g}); kept the lower"]
 
 
 def same_value(a: float, b: float) -> bool:

@@ -161,6 +161,8 @@ def _plan(law: Law, title: str, solve, rows: list[tuple[str, str, str]], vectori
 def compute_optimal(law: Law, flops: float) -> Plan:
     """The compute-optimal N, D, tokens/param and loss at a budget of `flops` training FLOPs."""
     positive("flops", flops)
+    if not {"N", "D"} <= set(law.form.variables):
+        raise UserError(f"compute-optimal planning needs a law in both N and D; {law.name} is a {law.form.name} law")
 
     def solve(p):
         n, d = optimal_split(law, p, flops)

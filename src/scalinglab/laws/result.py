@@ -86,13 +86,10 @@ class FitResult:
 
         law = replace(self.law(), level=level)
         rows: list[tuple[str, Estimate]] = []
-        two_var = set(self.form.variables) >= {"N", "D"} and {"alpha", "beta"} <= set(self.form.params)
-        if two_var:
+        if set(self.form.variables) >= {"N", "D"} and {"alpha", "beta"} <= set(self.form.params):
             rows.append(("a: N_opt ∝ C^a, a = β/(α+β)", law.estimate(lambda p: p["beta"] / (p["alpha"] + p["beta"]))))
             rows.append(("b: D_opt ∝ C^b, b = α/(α+β)", law.estimate(lambda p: p["alpha"] / (p["alpha"] + p["beta"]))))
-        for c in flops:
-            if not two_var:
-                break
+        for c in flops if self.form.variables == ("N", "D") else ():  # (the data-constrained form also needs U)
             plan = compute_optimal(law, float(c))
             rows.append((f"N_opt at C={c:.3g}", plan["n_params"]))
             rows.append((f"D_opt at C={c:.3g}", plan["tokens"]))

@@ -4,7 +4,8 @@ For fixed exponents θ (Chinchilla: α, β) the law is linear in its coefficient
 L_pred = Φ(θ) c. So the fit splits into
 - an inner problem in c, solved here by iteratively reweighted Gauss-Newton on the exact Huber
   objective of log residuals (a few 3x3 solves, vectorised over thousands of θ at once), and
-- an outer problem over θ alone: a grid, then Nelder-Mead on the *profile* f(θ) = min_c objective.
+- an outer problem over θ alone: a grid, then finer grids around its best cells, on the *profile*
+  f(θ) = min_c objective.
 
 The profile is a smooth, low-dimensional function without the long curved valleys that the joint
 (A, α) and (B, β) directions give a 5-parameter search, which is why a grid over two numbers finds
@@ -17,7 +18,6 @@ from typing import Mapping
 
 import numpy as np
 from scipy.ndimage import minimum_filter
-from scipy.optimize import minimize
 
 from scalinglab.laws.forms import EXPONENT_BOUNDS, Form, VarPro
 from scalinglab.laws.objective import RobustLoss
@@ -60,10 +60,10 @@ def profile(
     # Start from least squares on relative errors, Φc ≈ L^(1/γ): closed form, no iteration.
     target = np.exp(log_loss[None, :] / gamma[:, None])
     c = _weighted_lstsq(Phi / target[..., None], np.ones((G, n)), np.broadcast_to(w, (G, n)))
-    for _ in range(iters + 1):
+    for step in range(iters + 1):
         lin = np.einsum("gnk,gk->gn", Phi, c)
         r = gamma[:, None] * np.log(lin) - log_loss
-        if _ == iters:
+        if step == iters:
             break
         # Gauss-Newton on log residuals, weighted by Huber's IRLS weights: the linearised step
         # minimises Σ W (r + J Δ)^2 with J = γ Φ / (Φc); as a target for c itself, J c = γ.
@@ -81,7 +81,7 @@ def search(
     weights: Array | None = None,
     n_candidates: int = 3,
 ) -> list[tuple[Array, float]]:
-    """Grid over the exponents, then Nelder-Mead on the profile from the best few local minima.
+    """Grid over the exponents, then a zooming grid on the profile around the best few local minima.
 
     Returns up to `n_candidates` (z, Σ w ρ) pairs, best first, each in a different basin of the grid.
     """
@@ -97,16 +97,24 @@ def search(
     order = np.argsort(np.where(is_min.ravel(), values, np.inf))
     starts = [mesh[i] for i in order[:n_candidates] if np.isfinite(values[i]) and is_min.ravel()[i]]
 
-    lo, hi = EXPONENT_BOUNDS
-
-    def profile_value(th: Array) -> float:
-        if np.any(th <= lo) or np.any(th >= hi):
-            return np.inf
-        return float(profile(spec, th[None, :], X, log_loss, robust, weights, iters=15)[1][0]) / robust.delta
-
-    found = []
-    for th0 in starts:
-        res = minimize(profile_value, th0, method="Nelder-Mead", options={"xatol": 1e-5, "fatol": 1e-9, "maxiter": 1000})
-        z, value = profile(spec, res.x[None, :], X, log_loss, robust, weights)
-        found.append((z[0], float(value[0])))
+    found = [_zoom(spec, th0, X, log_loss, robust, weights) for th0 in starts]
     return sorted(found, key=lambda pair: pair[1])
+
+
+def _zoom(spec: VarPro, theta0: Array, X: Mapping[str, Array], log_loss: Array, robust: RobustLoss,
+          weights: Array | None, levels: int = 6, points: int = 7) -> tuple[Array, float]:
+    """Refine one grid cell: a points^q grid around the best point, shrunk 3x per level.
+
+    The first level spans ±1.5 grid steps (the geometric grid's step is 11% of the value), the
+    last ±0.006%; the L-BFGS-B polish that follows takes it to machine precision.
+    """
+    lo, hi = EXPONENT_BOUNDS
+    center, span = theta0.copy(), 0.17 * theta0
+    offsets = np.stack([m.ravel() for m in np.meshgrid(*[np.linspace(-1, 1, points)] * theta0.size, indexing="ij")], axis=1)
+    for _ in range(levels):
+        candidates = np.clip(center + offsets * span, lo * 1.001, hi * 0.999)
+        z, values = profile(spec, candidates, X, log_loss, robust, weights, iters=15)
+        best = int(np.argmin(values))
+        center, span = candidates[best], span / 3
+    z, values = profile(spec, center[None, :], X, log_loss, robust, weights)
+    return z[0], float(values[0])
