@@ -133,3 +133,30 @@ def test_cli_prints_alpha_and_convergence(run_cli, tmp_path):
     assert "bits/parameter" in out and "convergence" in out
     assert sorted(p.name for p in (tmp_path / "out" / "figures").glob("*.png")) == [
         "capacity_heldout_double_descent.png", "capacity_memorised_vs_data.png", "capacity_vs_params.png"]
+
+
+def test_ctrl_c_stops_the_pool_and_a_rerun_keeps_finished_runs(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "scalinglab", "probe", "capacity", "--models", "1x8,1x16", "--vocab", "16",
+           "--seq-len", "9", "--bits-per-param", "0.25,6", "--steps", "600", "--workers", "2",
+           "--db", str(tmp_path / "x.db"), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("*/DONE")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    finished = {p.parent: p.parent.joinpath("last.pt").stat().st_mtime_ns for p in out.glob("*/DONE")}
+    assert finished and len(finished) < 4  # stopped before the end, with the finished runs kept
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(list(out.glob("*/DONE"))) == 4
+    for run_dir, stamp in finished.items():  # finished runs were loaded, not retrained
+        assert run_dir.joinpath("last.pt").stat().st_mtime_ns == stamp

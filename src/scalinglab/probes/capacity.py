@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,16 +85,16 @@ class CapacityConfig:
     seed: data and initialisation.
     """
 
-    models: tuple[tuple[int, int], ...] = ((1, 16), (1, 24), (1, 32), (1, 40))
+    models: tuple[tuple[int, int], ...] = ((1, 24), (1, 32), (1, 48), (1, 64))
     vocab_size: int = 256
     seq_len: int = 32
-    data_bits_per_param: tuple[float, ...] = (1.0, 2.0, 3.0, 4.5, 6.0)
-    steps: int = 1200
-    lr: float = 1e-2
+    data_bits_per_param: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0)
+    steps: int = 4000
+    lr: float = 3e-2
     schedule: str = "cosine"
     warmup: int = 50
     weight_decay: float = 0.0
-    max_batch_tokens: int = 8192
+    max_batch_tokens: int = 2048
     heldout_sequences: int = 256
     eval_points: int = 12
     seed: int = 0
@@ -219,6 +220,7 @@ def run_capacity_job(job: CapacityJob) -> dict:
     def fully_memorised(points: list[dict]) -> bool:
         return points[-1]["memorised_bits"] >= FULLY_MEMORISED * knowable
 
+    cpu_start = time.process_time()
     record = None
     if job.db is not None:
         record = ProbeRecord(job.db, PROBE, name=f"capacity {job.label}",
@@ -240,7 +242,7 @@ def run_capacity_job(job: CapacityJob) -> dict:
         "heldout_excess_bits_per_token": final["heldout_excess"], "steps": result.steps,
         "stopped_early": result.stopped_early, "half_step": half["step"],
         "memorised_bits_at_half": half["memorised_bits"], "doubling_gain": gain,
-        "wall_time": result.wall_time, "run_id": result.run_id,
+        "wall_time": result.wall_time, "cpu_time": time.process_time() - cpu_start, "run_id": result.run_id,
     }
 
 

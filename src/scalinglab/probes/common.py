@@ -486,18 +486,32 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int 
     return results
 
 
+_worker_interrupted = False  # set in a worker process once a signal has stopped one of its jobs
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)
+    import signal
+
+    def note(signum, frame):  # noqa: ANN001 - a signal between jobs
+        global _worker_interrupted
+        _worker_interrupted = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, note)
 
 
 def _call_in_worker(fn: Callable[[Any], Any], job: Any) -> tuple[str, Any]:
     # Exceptions with extra constructor arguments (Interrupted) do not survive pickling back to
-    # the parent, so a worker reports them as plain values.
+    # the parent, so a worker reports them as plain values. Once interrupted, a worker refuses
+    # the jobs already queued to it, so Ctrl-C stops the pool instead of starting new fits.
+    global _worker_interrupted
+    if _worker_interrupted:
+        return "interrupted", "interrupted before it started"
     try:
         return "ok", fn(job)
-    except Interrupted as exc:
+    except (Interrupted, KeyboardInterrupt) as exc:
+        _worker_interrupted = True
         return "interrupted", str(exc)
     except UserError as exc:
         return "user_error", str(exc)
-    except KeyboardInterrupt:
-        return "interrupted", "interrupted"

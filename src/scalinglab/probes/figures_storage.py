@@ -83,8 +83,10 @@ def memorization_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: AN
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     ax.errorbar(x, rows["memorised_bits"].clip(lower=1), yerr=rows["memorised_bits_se"], fmt="o-", color="C3",
                 label="sample-specific memorised (reference model)")
+    ax.plot(x, rows["memorised_bits_calibrated"].clip(lower=1), "d-", color="C4",
+            label="  calibrated (minus the models' skill difference on val)")
     ax.plot(x, rows["cheap_memorised_bits"].clip(lower=1), "s--", color="C1", label="cheap estimate (val − train) × D")
-    ax.plot(x, rows["generalised_bits"].clip(lower=1), "^-", color="C0", label="generalised (training-set gain − memorised)")
+    ax.plot(x, rows["generalised_bits"].clip(lower=1), "^-", color="C0", label="generalised (training-set gain − calibrated memorised)")
     ax.axhline(result.capacity_bits, color="grey", ls=":", label=f"capacity α·P = {result.capacity_bits:,.0f} bits")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -15,12 +15,15 @@ What is measured, per D, on fixed windows of `seq_len + 1` tokens (bits, base 2)
 - sample-specific memorised bits (the reference estimate) = Σ over the model's training windows
   of (bits under the reference − bits under the model), estimated from a random sample of
   windows and scaled to all of them (with its standard error);
+- the calibrated reference estimate: the same minus D × the mean (reference − model) bits/token
+  on val windows, which neither model saw: it removes the difference in general skill between
+  two models trained on different small samples, which otherwise dominates the noise;
 - the cheap estimate = (held-out − train) bits/token of the model × D, held-out being the
   corpus's val split. It needs no reference model, and counts also the general skill the model
   lacks on held-out text, so it is the looser of the two;
 - the training-set gain = D × (log2 V − the model's train bits/token): all the bits the model
   saves on its own training set against the uniform code; the sample-specific share of it is
-  memorised / gain, and the generalised bits are the rest;
+  the calibrated memorised bits / gain, and the generalised bits are the rest;
 - membership inference: the AUC of telling training windows from val windows by the model's
   loss (lower = member), and, calibrated by the reference, by (reference − model) bits;
   0.5 = no information about membership;
@@ -59,6 +62,7 @@ from scalinglab.probes.common import probe_kind, put_probe_result, run_parallel,
 PROBE = "memorization"
 REFERENCE_KIND = "probe:memorization-reference"
 LOG2 = math.log(2.0)
+EVAL_VERSION = 4  # bump when the scores cached in run directories change meaning
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -261,7 +265,7 @@ def run_eval_job(job: EvalJob) -> dict:
     run directory so a rerun does not redo it."""
     from scalinglab.train.checkpoint import load_model
 
-    cache = job.model_dir / f"memorization-eval-{job.cfg.key()}.json"
+    cache = job.model_dir / f"memorization-eval-v{EVAL_VERSION}-{job.cfg.key()}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     torch.set_num_threads(1)
@@ -270,20 +274,28 @@ def run_eval_job(job: EvalJob) -> dict:
     subset = subset_for(cfg, corpus, n_params, "model", job.ratio)
     model, _ = load_model(job.model_dir)
     reference, _ = load_model(job.reference_dir)
-    members_all = all_windows(subset.tokens("train"), cfg.seq_len)
+    # Windows inside one piece (members) or one document (val): a window across a boundary joins
+    # unrelated text, which is harder to predict and would bias the comparison.
     rng = np.random.default_rng([cfg.seed, 11])
-    pick = rng.choice(len(members_all), size=min(cfg.eval_windows, len(members_all)), replace=False)
-    members = members_all[np.sort(pick)]
-    val = spread_windows(corpus.tokens("val"), cfg.seq_len, cfg.eval_windows)
+    member_starts = window_starts(subset.pieces, cfg.seq_len)
+    members = windows_at(corpus.tokens("train"), sample(member_starts, cfg.eval_windows, rng), cfg.seq_len)
+    val_docs = corpus.doc_offsets("val")
+    val_starts = window_starts(np.stack([val_docs[:-1], val_docs[1:]], axis=1), cfg.seq_len)
+    val = windows_at(corpus.tokens("val"), sample(val_starts, cfg.eval_windows, rng), cfg.seq_len)
     scored = cfg.seq_len  # predictions per window
     t_mem, r_mem = sequence_bits(model, members), sequence_bits(reference, members)
     t_val, r_val = sequence_bits(model, val), sequence_bits(reference, val)
     d_tokens = subset.unique_train_tokens
-    n_windows_all = len(members_all)
+    n_windows_all = len(member_starts)
     diff = r_mem - t_mem
     train_bpt, val_bpt = t_mem.mean() / scored, t_val.mean() / scored
     log2v = math.log2(corpus.vocab_size)
     memorised = float(diff.mean() / scored * d_tokens)
+    # The two models also differ in general skill (each learned from a different small sample);
+    # that difference, measured on val windows neither saw, is removed in the calibrated estimate.
+    offset = (r_val - t_val) / scored
+    calibrated = memorised - float(offset.mean() * d_tokens)
+    calibrated_se = math.sqrt((diff.std(ddof=1) / scored) ** 2 / len(diff) + offset.std(ddof=1) ** 2 / len(offset)) * d_tokens
     gain = float((log2v - train_bpt) * d_tokens)
     row = {
         "tokens_per_param": job.ratio, "D": d_tokens, "N": n_params, "windows_scored": len(members),
@@ -292,11 +304,12 @@ def run_eval_job(job: EvalJob) -> dict:
         "reference_val_bits_per_token": float(r_val.mean() / scored),
         "memorised_bits": memorised,
         "memorised_bits_se": float(diff.std(ddof=1) / math.sqrt(len(diff)) / scored * d_tokens),
+        "memorised_bits_calibrated": calibrated, "memorised_bits_calibrated_se": calibrated_se,
         "cheap_memorised_bits": float((val_bpt - train_bpt) * d_tokens),
-        "reference_offset_bits_per_token": float((r_val - t_val).mean() / scored),
-        "train_gain_bits": gain, "generalised_bits": gain - memorised,
+        "reference_offset_bits_per_token": float(offset.mean()),
+        "train_gain_bits": gain, "generalised_bits": gain - calibrated,
         "heldout_gain_bits": float((log2v - val_bpt) * d_tokens),
-        "sample_specific_share": memorised / gain if gain > 0 else None,
+        "sample_specific_share": calibrated / gain if gain > 0 else None,
         "auc_loss": auc(-t_mem, -t_val), "auc_reference": auc(r_mem - t_mem, r_val - t_val),
         "model_run": job.model_dir.name, "reference_run": job.reference_dir.name,
     }
@@ -306,19 +319,22 @@ def run_eval_job(job: EvalJob) -> dict:
     return row
 
 
-def all_windows(tokens: np.ndarray, seq_len: int) -> torch.Tensor:
-    """Every non-overlapping window of seq_len + 1 tokens (consecutive windows share one token)."""
-    n = (len(tokens) - 1) // seq_len
-    if n < 1:
-        raise UserError(f"a subset of {len(tokens)} tokens is too short for windows of {seq_len}; lower --seq-len")
-    idx = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return torch.from_numpy(np.asarray(tokens, dtype=np.int64)[idx])
+def window_starts(ranges: np.ndarray, seq_len: int) -> np.ndarray:
+    """Start offsets of the non-overlapping windows of seq_len + 1 tokens that lie wholly inside
+    one of the token ranges (k, 2)."""
+    starts = [np.arange(s, e - seq_len, seq_len) for s, e in np.asarray(ranges, dtype=np.int64)]
+    starts = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
+    if len(starts) == 0:
+        raise UserError(f"no document piece holds a window of {seq_len + 1} tokens; lower --seq-len")
+    return starts
 
 
-def spread_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Tensor:
-    from scalinglab.train.data import fixed_windows
+def sample(starts: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    return np.sort(rng.choice(starts, size=min(count, len(starts)), replace=False))
 
-    return fixed_windows(tokens, seq_len, count * seq_len)
+
+def windows_at(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts]))
 
 
 def auc(members: np.ndarray, others: np.ndarray) -> float:
@@ -395,10 +411,11 @@ class MemorizationResult:
             "limits": [asdict(limit) for limit in self.limits],
             "definitions": {
                 "memorised_bits": "sum over training windows of (reference bits - model bits)",
+                "memorised_bits_calibrated": "memorised_bits - D x mean over val windows of (reference - model) bits/token",
                 "cheap_memorised_bits": "(val - train) bits/token of the model x D",
                 "train_gain_bits": "D x (log2 V - train bits/token)",
-                "generalised_bits": "train_gain_bits - memorised_bits",
-                "sample_specific_share": "memorised_bits / train_gain_bits",
+                "generalised_bits": "train_gain_bits - memorised_bits_calibrated",
+                "sample_specific_share": "memorised_bits_calibrated / train_gain_bits",
                 "auc_loss": "membership AUC, score = -model bits (members: training windows, others: val windows)",
                 "auc_reference": "membership AUC, score = reference bits - model bits",
                 "storage_limit": "D/N where D x data bits/token = alpha x P (P total parameters)",
