@@ -33,7 +33,7 @@ def fit(
     by: str = typer.Option("auto", help="Resample points, runs, or auto (runs when known)."),
     seed: int = typer.Option(0, help="Seed for the multistart check and the bootstrap."),
     fix: list[str] = typer.Option([], "--fix", help="Hold a parameter at a value, e.g. --fix alpha=0.34 (repeatable)."),
-    multistart: Optional[int] = typer.Option(None, help="Random L-BFGS starts (default 16 as a check; 64 for forms without variable projection)."),
+    multistart: Optional[int] = typer.Option(None, help="Random L-BFGS starts (default 8 as a check; 64 for forms without variable projection)."),
     at_flops: list[str] = typer.Option([], "--at-flops", help="Also report N_opt, D_opt, tokens/param at this compute (repeatable)."),
     predict: list[str] = typer.Option([], "--predict", help="Also predict the loss at N,D (e.g. 7e10,1.4e12; repeatable)."),
     compare: bool = typer.Option(False, "--compare", help="Also run Approaches 1 and 2 (envelope, isoFLOP parabolas)."),

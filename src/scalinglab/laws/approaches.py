@@ -146,9 +146,9 @@ def approach2(data: FitData, budgets: np.ndarray | None = None, tol_decades: flo
 
 APPROACH2_BIAS_NOTE = (
     "Approach 2 is biased even on noise-free data when α ≠ β: a symmetric parabola fitted to the asymmetric "
-    "isoFLOP curve misplaces its vertex. On the Hoffmann law with 15 sizes spanning ±8x around the optimum, "
-    "N_opt comes out 3.0% high and D_opt 2.9% low at every budget (±16x: +5.4%, -5.1%); off-centre sampling "
-    "also biases the exponents (see approach2_bias)."
+    "isoFLOP curve misplaces its vertex. On Hoffmann's printed law with 15 sizes spanning ±8x around the optimum, "
+    "N_opt comes out 3.0% high and D_opt 2.9% low at every budget (±16x: +5.4%, -5.1%); sampling whose offset "
+    "from the optimum changes with compute biases the exponents too (see approach2_bias)."
 )
 
 

@@ -49,7 +49,7 @@ def fit(
     delta: Huber threshold on log-loss residuals (Hoffmann/Epoch: 1e-3).
     asymmetry: weight on over-predictions; > 1 gives a lower-envelope fit.
     fixed: parameters held at given values (e.g. the Chinchilla part of a data-constrained law).
-    multistart: random starts; by default 16 as a check of variable projection, 64 where the form
+    multistart: random starts; by default 8 as a check of variable projection, 64 where the form
         has no variable-projection structure or parameters are fixed.
     bootstrap: resamples for percentile intervals (0: none); bootstrap_by "points", "runs" or
         "auto" (runs when the data say which run each point came from).
@@ -72,7 +72,7 @@ def fit(
     objective = Objective(form, X, data.loss, robust, fixed=fixed)
     use_varpro = form.varpro is not None and not fixed
     if multistart is None:
-        multistart = 16 if use_varpro else 64
+        multistart = 8 if use_varpro else 64
     started = time.perf_counter()
 
     with single_thread():
