@@ -22,9 +22,9 @@ import numpy as np
 
 from scalinglab.errors import UserError
 from scalinglab.laws import varpro
+from scalinglab.laws._blas import single_thread
 from scalinglab.laws.data import FitData, as_fit_data
 from scalinglab.laws.forms import EXPONENT_BOUNDS, LOG_COEF_BOUNDS, Form, PowerLawSum, get_form
-from scalinglab.laws._blas import single_thread
 from scalinglab.laws.objective import Objective, Polished, RobustLoss, polish
 from scalinglab.laws.result import FitResult
 
