@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 import numpy as np
 
 from scalinglab.errors import UserError
-from scalinglab.laws._blas import single_thread
+from threadpoolctl import threadpool_limits
 from scalinglab.laws.forms import Form
 from scalinglab.laws.objective import Objective, RobustLoss, polish, refit_batch
 
@@ -101,7 +101,7 @@ def run_bootstrap(
     values = np.empty(n_resamples)
     ok = np.zeros(n_resamples, dtype=bool)
     switched = 0
-    with single_thread():
+    with threadpool_limits(limits=1, user_api="blas"):
         for start in range(0, n_resamples, BLOCK):
             block = slice(start, min(start + BLOCK, n_resamples))
             w = weights[block]

@@ -22,7 +22,7 @@ import numpy as np
 
 from scalinglab.errors import UserError
 from scalinglab.laws import varpro
-from scalinglab.laws._blas import single_thread
+from threadpoolctl import threadpool_limits
 from scalinglab.laws.data import FitData, as_fit_data
 from scalinglab.laws.forms import EXPONENT_BOUNDS, LOG_COEF_BOUNDS, Form, PowerLawSum, get_form
 from scalinglab.laws.objective import Objective, Polished, RobustLoss, polish
@@ -75,7 +75,7 @@ def fit(
         multistart = 8 if use_varpro else 64
     started = time.perf_counter()
 
-    with single_thread():
+    with threadpool_limits(limits=1, user_api="blas"):
         found, diagnostics = _search(form, X, data.loss, objective, robust, use_varpro, multistart, seed, fixed)
     if not found:
         raise UserError("nothing to fit: with multistart 0 a form without variable projection has no starting point; use --multistart 16")

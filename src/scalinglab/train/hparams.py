@@ -1,11 +1,11 @@
 """Default hyperparameters that work across sizes without per-size tuning.
 
-The rules (measured on the default corpus; see docs/LOG.md):
-- peak LR = 3e-3 x sqrt(128 / d_model), capped at 1e-2: wider models need smaller steps, roughly
-  as 1/sqrt(width) for Adam on these scales;
-- batch = 16 x sqrt(N) tokens (N non-embedding), rounded to a power-of-two number of sequences,
-  at least 4 sequences: the critical batch grows with the model, and small models must keep
-  enough steps at small budgets;
+The rules, fitted to LR x batch sweeps at 20 tokens/param on the default corpus (docs/LOG.md):
+- peak LR = 1e-2 x sqrt(32 / d_model), capped at 2e-2: wider models need smaller steps, roughly
+  as 1/sqrt(width) for Adam at these scales (best measured: ~1e-2 at d_model 32, ~6e-3 at 64);
+- batch = 8 x sqrt(N) tokens (N non-embedding), rounded to a power-of-two number of sequences,
+  at least 4: at small budgets the number of steps matters more than the batch (every sweep
+  preferred the smallest batch tried), while larger models tolerate larger batches;
 - warmup = 5% of the run's steps, kept between 16 and 256 steps.
 """
 
@@ -15,11 +15,11 @@ import math
 
 
 def default_lr(d_model: int) -> float:
-    return min(1e-2, 3e-3 * math.sqrt(128 / d_model))
+    return min(2e-2, 1e-2 * math.sqrt(32 / d_model))
 
 
 def default_batch_size(n_params: int, seq_len: int) -> int:
-    target_tokens = 16 * math.sqrt(max(n_params, 1))
+    target_tokens = 8 * math.sqrt(max(n_params, 1))
     sequences = max(4, target_tokens / seq_len)
     return int(2 ** round(math.log2(sequences)))
 
