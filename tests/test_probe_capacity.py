@@ -46,7 +46,9 @@ def test_memorised_bits_never_exceed_the_data_entropy(tmp_path):
 def test_small_random_data_sets_are_fully_memorised_with_spare_parameters(tmp_path):
     # data entropy = 1/3 bit per parameter: 3x more parameters than the anchor's 1 bit/param
     # would need even for a weak memoriser
-    cfg = CapacityConfig(models=((1, 16),), data_bits_per_param=(1 / 3,), steps=1500, **TINY)
+    # (V = 64: with V = 16 a sequence often starts with a repeated token, which a model without
+    # absolute positions cannot tell from a single one; see the capacity module's doc)
+    cfg = CapacityConfig(models=((1, 16),), data_bits_per_param=(1 / 3,), steps=1500, **{**TINY, "vocab_size": 64})
     row = run_capacity(cfg, tmp_path / "out", workers=1).runs.iloc[0]
     assert row["memorised_fraction"] > 0.99
     assert row["stopped_early"]  # the early stop fires once everything is stored
@@ -160,3 +162,21 @@ def test_ctrl_c_stops_the_pool_and_a_rerun_keeps_finished_runs(tmp_path):
     assert len(list(out.glob("*/DONE"))) == 4
     for run_dir, stamp in finished.items():  # finished runs were loaded, not retrained
         assert run_dir.joinpath("last.pt").stat().st_mtime_ns == stamp
+
+
+def test_smaller_data_sets_are_prefixes_of_larger_ones():
+    from scalinglab.probes.capacity import random_sequences
+
+    cfg = CapacityConfig(models=((1, 8),), steps=10, **TINY)
+    assert random_sequences(5, cfg).equal(random_sequences(50, cfg)[:5])
+    assert not random_sequences(5, cfg, "heldout").equal(random_sequences(5, cfg))
+
+
+def test_knowable_bits_discount_sequences_that_share_a_first_token():
+    import torch
+
+    from scalinglab.probes.capacity import knowable_bits
+
+    data = torch.tensor([[1, 2, 3], [1, 4, 5], [2, 0, 0]])
+    # two sequences start with 1: the best model pays log2(2) = 1 bit for each of them
+    assert knowable_bits(data, 10.0) == pytest.approx(30.0 - 2.0)

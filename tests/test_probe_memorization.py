@@ -126,3 +126,25 @@ def test_cli_bad_input_exits_2(run_cli, tmp_path, docs_corpus, args, message):
     assert code == 2, err
     assert message in err
     assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
+
+
+def test_the_study_runs_are_measured_when_asked(docs_corpus, tmp_path):
+    from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+    from scalinglab.probes.memorization import measure_study
+    from scalinglab.train import plan_run, train_run
+
+    corpus_cfg = CorpusConfig(source=str(docs_corpus))
+    run_cfg = RunConfig(corpus=corpus_cfg, model=ModelSpec(size=None, params=2000),
+                        train=TrainConfig(tokens=20_000, tpp=None, seq_len=32, batch_size=16, eval_points=2))
+    corpus = prepare_corpus(corpus_cfg)
+    plan = plan_run(run_cfg, corpus, kind="branch")
+    plan.group = "toy-study"
+    store = open_store(tmp_path / "s.db")
+    train_run(plan, corpus, store, tmp_path / "branch")
+    with pytest.raises(UserError):
+        measure_study(store, tmp_path / "s.db", "no-such-study", tiny_config(docs_corpus))
+    (row,) = measure_study(store, tmp_path / "s.db", "toy-study", tiny_config(docs_corpus)).itertuples()
+    assert row.D == plan.total_steps * plan.batch_tokens
+    assert row.N == store.get_run(plan.run_id)["n_nonembedding"]
+    assert 0.0 <= row.auc_loss <= 1.0
+    assert np.isfinite(row.cheap_memorised_bits)

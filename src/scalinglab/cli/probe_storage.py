@@ -62,8 +62,8 @@ def capacity(
 def _print_capacity(result) -> None:  # noqa: ANN001
     from rich.table import Table
 
-    table = Table("model", "params", "capacity (bits)", "bits/param", "at H/P", "gain last doubling",
-                  "doublings to 3.6", "held-out peak at H/P", title="capacity per model")
+    table = Table("model", "P", "capacity bits", "bits/P", "at H/P", "gain, last 2x steps", "2x to 3.6",
+                  "held-out peak H/P", title="capacity per model (P: total parameters, H: data entropy)")
     for row in result.models.itertuples():
         table.add_row(row.model, f"{row.params:,}", f"{row.capacity_bits:,.0f}", f"{row.bits_per_param:.2f}",
                       f"{row.at_data_bits_per_param:.1f}", f"{row.doubling_gain:.1%}", f"{row.doublings_to_anchor:.1f}",

@@ -16,6 +16,15 @@ Conventions (stored with every result):
   uniform model scores exactly h, so anything below h is information about that particular
   sequence; clipping at 0 keeps a badly predicted sequence from cancelling another's stored
   bits. Memorised bits never exceed H(data).
+- Not all of H(data) can be stored: sequences that share their first token look alike until
+  they differ. The best any model can do is the empirical conditional of the training set,
+  p(x_t+1 | x_1..t) = c(x_1..t+1) / c(x_1..t) with c counting training sequences by prefix; its
+  NLL telescopes to log2 c(x_1) per sequence. So the *knowable* bits are
+  H(data) − Σ_i log2 c(first token of i), and "fully memorised" is judged against them.
+  (The GPT here has rotary positions and no beginning-of-sequence token, so a sequence that
+  opens with a repeated token, "a a ...", gives identical states at its first two positions and
+  the model cannot predict them differently. That happens to 1/V of the sequences and costs a
+  few bits each: ~1% of the knowable bits at V = 16, ~0.1% at V = 256.)
 - P is the total parameter count (embedding included: with random tokens the embedding table
   stores bits like any other weight; Morris et al. count all parameters). The fit is also
   reported against non-embedding parameters.
@@ -141,7 +150,7 @@ class CapacityConfig:
 
 def model_config(n_layer: int, d_model: int, vocab_size: int) -> ModelConfig:
     n_head = max(1, d_model // 16) if d_model >= 32 else 1
-    while d_model % n_head or (d_model // n_head) % 2:
+    while n_head > 1 and (d_model % n_head or (d_model // n_head) % 2):
         n_head -= 1
     return ModelConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, vocab_size=vocab_size)
 

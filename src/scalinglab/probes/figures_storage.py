@@ -24,6 +24,15 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
     return path
 
 
+def _log_x(ax) -> None:  # noqa: ANN001
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def capacity_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
     """memorised bits vs data bits per model with capacity lines; capacity vs P with α·P; the
     held-out excess loss (double descent) vs data bits / capacity."""
@@ -42,7 +51,7 @@ def capacity_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
         ax.axhline(fit.alpha * model.params, color=color, lw=0.8, ls="--")
     ax.set_xlabel("data set entropy H(data) (bits)")
     ax.set_ylabel("memorised bits")
-    ax.set_title(f"memorisation of random sequences; dashed: α·P, α = {fit.alpha:.2f} bits/param")
+    ax.set_title(f"memorisation of random sequences\ndashed: α·P with α = {fit.alpha:.2f} bits/parameter", fontsize=10)
     ax.legend(fontsize=7)
     paths.append(_save(fig, out_dir / "capacity_memorised_vs_data.png"))
 
@@ -63,10 +72,10 @@ def capacity_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
         ax.plot(group["data_bits"] / model.capacity_bits, group["heldout_excess_bits_per_token"], "o-", color=color,
                 label=model.model)
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log")
+    _log_x(ax)
     ax.set_xlabel("H(data) / measured capacity")
     ax.set_ylabel("held-out bits/token − log2 V")
-    ax.set_title("held-out loss on fresh random sequences")
+    ax.set_title("held-out loss on fresh random sequences (excess over uniform)", fontsize=10)
     ax.legend(fontsize=8)
     paths.append(_save(fig, out_dir / "capacity_heldout_double_descent.png"))
     return paths
@@ -84,7 +93,7 @@ def memorization_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: AN
     ax.errorbar(x, rows["memorised_bits"].clip(lower=1), yerr=rows["memorised_bits_se"], fmt="o-", color="C3",
                 label="sample-specific memorised (reference model)")
     ax.plot(x, rows["memorised_bits_calibrated"].clip(lower=1), "d-", color="C4",
-            label="  calibrated (minus the models' skill difference on val)")
+            label="sample-specific, calibrated (minus the skill difference on val)")
     ax.plot(x, rows["cheap_memorised_bits"].clip(lower=1), "s--", color="C1", label="cheap estimate (val − train) × D")
     ax.plot(x, rows["generalised_bits"].clip(lower=1), "^-", color="C0", label="generalised (training-set gain − calibrated memorised)")
     ax.axhline(result.capacity_bits, color="grey", ls=":", label=f"capacity α·P = {result.capacity_bits:,.0f} bits")
@@ -92,7 +101,7 @@ def memorization_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: AN
     ax.set_yscale("log")
     ax.set_xlabel("unique training tokens per parameter D/N")
     ax.set_ylabel("bits")
-    ax.set_title(f"N = {result.N:,}: memorised vs generalised bits")
+    ax.set_title(f"N = {result.N:,}: memorised vs generalised bits", fontsize=10)
     ax.legend(fontsize=7)
     paths.append(_save(fig, out_dir / "memorization_bits_vs_dn.png"))
 

@@ -333,6 +333,13 @@ def sample(starts: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarr
     return np.sort(rng.choice(starts, size=min(count, len(starts)), replace=False))
 
 
+def spread_windows(tokens: np.ndarray, seq_len: int, count: int) -> torch.Tensor:
+    """About `count` windows spread evenly over a whole split (as the training loop evaluates)."""
+    from scalinglab.train.data import fixed_windows
+
+    return fixed_windows(tokens, seq_len, count * seq_len)
+
+
 def windows_at(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(tokens[s : s + seq_len + 1], dtype=np.int64) for s in starts]))
 
@@ -468,7 +475,7 @@ def run_memorization(cfg: MemorizationConfig, out_dir: Path | str, db: Path | st
     capacity = alpha * p_total
     rows["capacity_bits"] = capacity
     rows["storable"] = rows["D"] * bpt <= capacity
-    study_rows = measure_study(store, db, study, corpus, cfg) if study else None
+    study_rows = measure_study(store, db, study, cfg, cache_dir) if study else None
     sizes = [(f"probe model", n_params, p_total)]
     if study_rows is not None and len(study_rows):
         sizes += [(f"study N={int(n):,}", int(n), int(p)) for n, p in
@@ -487,8 +494,9 @@ def run_memorization(cfg: MemorizationConfig, out_dir: Path | str, db: Path | st
 
 # --- the study's runs ------------------------------------------------------------------------------
 
-def measure_study(store, db: Path, study: str, corpus: PreparedCorpus, cfg: MemorizationConfig) -> "pd.DataFrame":  # noqa: ANN001,F821
-    """Cheap estimate and loss-based AUC for each finished cooldown branch of a study."""
+def measure_study(store, db: Path, study: str, cfg: MemorizationConfig, cache_dir: Path | None = None) -> "pd.DataFrame":  # noqa: ANN001,F821
+    """Cheap estimate and loss-based AUC for each finished cooldown branch of a study (each on
+    the corpus it was trained on)."""
     import pandas as pd
 
     from scalinglab.train.checkpoint import load_model
@@ -508,6 +516,7 @@ def measure_study(store, db: Path, study: str, corpus: PreparedCorpus, cfg: Memo
         if not points:
             continue
         final = points[-1]
+        corpus = prepare_corpus(CorpusConfig(**conf["corpus"]), cache_dir)  # the study's own corpus
         model, _ = load_model(run["out_dir"])
         sampler = BatchSampler(corpus.tokens("train"), train["seq_len"], train["batch_size"], train["seed"],
                                conf.get("max_unique_tokens"))
