@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import zlib
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def test_the_range_coder_codes_exactly_the_quantised_frequencies():
     enc = coder.Encoder()
     enc.encode(symbols.numpy(), spare.numpy())
     words = enc.finish()
-    model_bits = coder.code_length_bits(spare, symbols)
+    model_bits = coder.code_lengths(spare.numpy(), symbols.numpy()).sum()
     # a range coder's total overhead is a few words at the end, whatever the length
     assert model_bits <= 32 * len(words) <= model_bits + 64
     decoded = coder.Decoder(words).decode(spare.numpy())
@@ -99,7 +100,7 @@ def test_the_range_coder_codes_exactly_the_quantised_frequencies():
 # --- exact round trips ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", ["empty", "one byte", "random bytes", "text", "one chunk exactly",
-                                  "chunk boundary + 1", "batch boundary"])
+                                  "chunk boundary + 1", "batch boundary", "text and noise"])
 def test_round_trips_are_exact(comp, text, case):
     rng = np.random.default_rng(2)
     data = {
@@ -110,6 +111,7 @@ def test_round_trips_are_exact(comp, text, case):
         "one chunk exactly": text[:CONTEXT],
         "chunk boundary + 1": text[: 3 * CONTEXT + 1],
         "batch boundary": text[: 2 * 3 * CONTEXT],  # two full batches of 3 chunks
+        "text and noise": text[:300] + rng.integers(0, 256, 300, dtype=np.uint8).tobytes() + text[300:600],
     }[case]
     packed, enc = compress_bytes(comp, data, batch_size=3)
     restored, dec = decompress_bytes(comp, packed)
@@ -117,6 +119,19 @@ def test_round_trips_are_exact(comp, text, case):
     assert enc.header.original_bytes == len(data) and enc.header.n_tokens == len(data)
     assert enc.header.content_sha256 == hashlib.sha256(data).digest()
     assert dec.stats.ideal_bits == enc.stats.ideal_bits  # the decoder saw the same probabilities
+    assert dec.stats.raw_chunks == enc.stats.raw_chunks
+
+
+def test_data_the_model_cannot_predict_is_stored_not_expanded(comp, text):
+    """Noise costs the model ~9+ bits/byte; those chunks go raw at 8 bits/byte (+ a 6-bit flag)."""
+    noise = np.random.default_rng(4).integers(0, 256, 4 * CONTEXT, dtype=np.uint8).tobytes()
+    data = text[: 4 * CONTEXT] + noise
+    packed, result = compress_bytes(comp, data, batch_size=8)
+    assert result.stats.quantized_bits > 8 * len(noise) + 4 * CONTEXT  # the model alone would expand it
+    assert result.stats.raw_chunks == 4  # exactly the noise chunks
+    text_bits = compress_bytes(comp, text[: 4 * CONTEXT], batch_size=8)[1].stats.coded_bits
+    assert result.stats.coded_bits == pytest.approx(text_bits + 8 * len(noise) + 4 * 6, abs=0.5)
+    assert decompress_bytes(comp, packed)[0] == data
 
 
 def test_encoder_and_decoder_compute_bit_identical_probabilities(comp, text, monkeypatch):
@@ -125,11 +140,11 @@ def test_encoder_and_decoder_compute_bit_identical_probabilities(comp, text, mon
     encode, decode = coder.Encoder.encode, coder.Decoder.decode
 
     def spy_encode(self, symbols, spare):
-        seen["encode"].append(np.ascontiguousarray(spare).tobytes())
+        seen["encode"].append(np.asarray(spare, dtype=np.float64).tobytes())
         return encode(self, symbols, spare)
 
     def spy_decode(self, spare):
-        seen["decode"].append(np.ascontiguousarray(spare).tobytes())
+        seen["decode"].append(np.asarray(spare, dtype=np.float64).tobytes())
         return decode(self, spare)
 
     monkeypatch.setattr(coder.Encoder, "encode", spy_encode)
@@ -137,7 +152,7 @@ def test_encoder_and_decoder_compute_bit_identical_probabilities(comp, text, mon
     data = text[: 5 * CONTEXT + 17]
     packed, _ = compress_bytes(comp, data, batch_size=2)
     assert decompress_bytes(comp, packed)[0] == data
-    assert len(seen["encode"]) == len(seen["decode"]) == 3 * CONTEXT  # 3 batches x 64 positions
+    assert len(seen["encode"]) == len(seen["decode"]) == 3 * (1 + CONTEXT)  # 3 batches x (flags + 64 positions)
     assert seen["encode"] == seen["decode"]
 
 
@@ -150,8 +165,11 @@ def test_coded_length_matches_the_plain_forward_and_the_overhead_is_bounded(comp
     assert stats.ideal_bits == pytest.approx(forward_bits, rel=1e-5)
     assert stats.ideal_bits / len(text) < 4.0  # it is a trained model: well under 8 bits/byte
     assert stats.quantized_bits == pytest.approx(stats.ideal_bits, rel=5e-4)
+    chunks = math.ceil(len(text) / CONTEXT)
+    flag_bits = chunks * -math.log2(1 - 2**-6)  # a clear "raw" flag per chunk
+    assert stats.raw_chunks == 0 and stats.coded_bits == pytest.approx(stats.quantized_bits + flag_bits)
     payload_bits = 32 * result.header.payload_words
-    assert stats.quantized_bits <= payload_bits <= stats.quantized_bits + 64
+    assert stats.coded_bits <= payload_bits <= stats.coded_bits + 64
     header_bytes = len(packed) - 4 * result.header.payload_words
     assert header_bytes <= 128
     assert result.overhead == pytest.approx((payload_bits + 8 * header_bytes) / stats.ideal_bits - 1)
@@ -266,3 +284,17 @@ def test_cli_round_trip_and_one_line_errors(run_cli, trained, tmp_path):
         assert message in err and len(err.strip().splitlines()) == 1, err
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers == ["broken.slz", "data.bin", "data.out", "data.slz", "other.pt"]
+
+
+def test_an_archive_decodes_in_a_fresh_process(comp, trained, text, tmp_path):
+    """Encoder and decoder in different processes compute the same probabilities."""
+    import subprocess
+    import sys
+
+    packed = tmp_path / "a.slz"
+    packed.write_bytes(compress_bytes(comp, text[:3000], batch_size=8)[0])
+    restored = tmp_path / "a.out"
+    proc = subprocess.run([sys.executable, "-m", "scalinglab", "decompress", str(trained), str(packed), str(restored),
+                           "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert restored.read_bytes() == text[:3000]

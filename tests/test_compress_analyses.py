@@ -79,8 +79,10 @@ def test_compress_bench_reports_every_file_and_records_it(study, tmp_path):
     for _, row in frame.iterrows():
         # the incremental path and the plain forward agree on the ideal code length
         assert row["forward_bpb"] == pytest.approx(row["ideal_bpb"], rel=1e-5)
-        assert row["ideal_bpb"] <= row["quantized_bpb"] * (1 + 1e-3)
-        assert row["actual_bpb"] > row["quantized_bpb"]
+        # what is coded never costs more than the model, nor more than 8 bits/byte (+ the chunk flags)
+        assert row["coded_bpb"] <= row["quantized_bpb"] + 0.01
+        assert row["coded_bpb"] <= 8.0 + 6 * row["chunks"] / row["bytes"] + 1e-9  # a raw flag costs 6 bits
+        assert row["actual_bpb"] > row["coded_bpb"]
         assert 0 < row["coder_overhead"] < 0.01
         assert row["encode_Bps"] > 0 and row["decode_Bps"] > 0 and row["forward_Bps"] > 0
         assert row["adjusted_bpb"] > row["actual_bpb"]
@@ -88,6 +90,8 @@ def test_compress_bench_reports_every_file_and_records_it(study, tmp_path):
             assert row[f"{name}_bpb"] > 0 and row[f"{name}_chunked_bpb"] > 0
     text_row, noise_row = frame.iloc[0], frame.iloc[1]
     assert text_row["ideal_bpb"] < 5.0 < noise_row["ideal_bpb"]  # it learned text, not noise
+    assert text_row["raw_chunks"] == 0 and text_row["coded_bpb"] == pytest.approx(text_row["quantized_bpb"], abs=0.01)
+    assert noise_row["raw_chunks"] == noise_row["chunks"]  # noise is stored, not expanded
     assert noise_row["xz-9_bpb"] > 8.0  # random bytes do not compress
     assert len(store.results("compress-bench")) == 2
 

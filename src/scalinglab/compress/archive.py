@@ -1,6 +1,8 @@
 """The archive format, and compressing/decompressing bytes and files with a trained model.
 
-An archive is a header followed by the range-coded payload (uint32 words, little-endian):
+An archive is a header followed by the range-coded payload (uint32 words, little-endian). The
+payload codes, for each batch of chunks in turn, one flag per chunk (model-coded or stored raw at
+the uniform code) and then the batch's tokens position by position (see `lm`). The header:
 
     offset  size  field
     0       4     magic b"SLLM"

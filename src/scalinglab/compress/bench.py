@@ -86,10 +86,13 @@ def bench_file(comp: Compressor, path: Path, settings: BenchSettings, progress: 
         "threads": header.threads,
         "ideal_bpb": enc.ideal_bits_per_byte,
         "quantized_bpb": enc.stats.quantized_bits / n if n else math.nan,
+        "coded_bpb": enc.stats.coded_bits / n if n else math.nan,  # raw chunks at the uniform code
+        "raw_chunks": enc.stats.raw_chunks,
+        "chunks": math.ceil(len(tokens) / header.chunk_size),
         "actual_bpb": enc.bits_per_byte,
         "archive_bytes": enc.archive_bytes,
         "overhead": enc.overhead,  # archive bits / ideal bits - 1, header included
-        "coder_overhead": (32 * header.payload_words / enc.stats.quantized_bits - 1) if enc.stats.quantized_bits else math.nan,
+        "coder_overhead": (32 * header.payload_words / enc.stats.coded_bits - 1) if enc.stats.coded_bits else math.nan,
         "round_trip": restored == data,
         "encode_Bps": enc.bytes_per_second,
         "decode_Bps": dec.bytes_per_second,

@@ -44,10 +44,24 @@ def quantize(probs: torch.Tensor) -> torch.Tensor:
     return spare
 
 
-def code_length_bits(spare: torch.Tensor, symbols: torch.Tensor) -> float:
-    """Bits the quantised model spends on `symbols` (-sum log2 (freq / 2^24))."""
-    freq = spare.gather(1, symbols.view(-1, 1)).squeeze(1) + 1.0
-    return float((PRECISION - torch.log2(freq)).sum())
+def code_lengths(spare: np.ndarray, symbols: np.ndarray) -> np.ndarray:
+    """Bits the quantised distributions spend on each symbol (-log2 (freq / 2^24)), (rows,)."""
+    freq = spare[np.arange(len(symbols)), symbols] + 1.0
+    return PRECISION - np.log2(freq)
+
+
+def uniform(vocab_size: int) -> np.ndarray:
+    """The uniform distribution over `vocab_size` symbols in `quantize`'s form, (V,) float64.
+
+    Exactly log2(V) bits a symbol when V is a power of two (8 bits for bytes)."""
+    freq = np.full(vocab_size, TOTAL // vocab_size, dtype=np.float64)
+    freq[: TOTAL % vocab_size] += 1
+    return freq - 1
+
+
+# A chunk's "stored raw" flag: 1 in 64 is the prior, so a flag costs 0.02 bits when clear.
+FLAG_RAW_SHARE = 1 << (PRECISION - 6)
+FLAGS = np.array([TOTAL - FLAG_RAW_SHARE - 1, FLAG_RAW_SHARE - 1], dtype=np.float64)
 
 
 class Encoder:

@@ -33,8 +33,8 @@ import torch
 from scalinglab.compress import coder
 from scalinglab.errors import UserError
 
-# Key/value cache memory a batch may take; the batch shrinks to fit it.
-CACHE_BUDGET_BYTES = 1 << 30
+# Memory a batch may take (key/value cache and the encoder's kept tables); the batch shrinks to fit.
+BATCH_BUDGET_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -75,20 +75,26 @@ class CodingStats:
     """What one pass over a sequence cost, in bits and seconds.
 
     ideal_bits: -sum log2 p under the model's float probabilities (the ideal code length).
-    quantized_bits: the code length under the coded integer frequencies.
+    quantized_bits: the same under the model's integer frequencies.
+    coded_bits: what the stream codes: the quantised model's bits for model chunks, the uniform
+      code's for raw chunks, and the chunk flags. A range coder gets within a few words of it.
+    raw_chunks: chunks stored raw because the model coded them worse than uniform.
     """
 
     tokens: int
     ideal_bits: float
     quantized_bits: float
+    coded_bits: float
+    raw_chunks: int
     seconds: float
 
 
 def fit_batch(model: torch.nn.Module, chunk_size: int, batch_size: int) -> int:
-    """The batch size, shrunk until a batch's key/value cache fits `CACHE_BUDGET_BYTES`."""
+    """The batch size, shrunk until a batch's key/value cache and the encoder's kept tables fit
+    `BATCH_BUDGET_BYTES`."""
     cfg = model.cfg
-    per_chunk = chunk_size * cfg.d_model * 2 * cfg.n_layer * 4  # keys and values, float32
-    return max(1, min(batch_size, CACHE_BUDGET_BYTES // max(per_chunk, 1)))
+    per_chunk = chunk_size * (cfg.d_model * 2 * cfg.n_layer + cfg.vocab_size) * 4  # float32 keys, values, tables
+    return max(1, min(batch_size, BATCH_BUDGET_BYTES // per_chunk))
 
 
 @contextmanager
@@ -124,13 +130,51 @@ def chunk_lengths(n_tokens: int, chunk_size: int) -> np.ndarray:
     return lengths
 
 
-# A step callback gets (step, active rows' quantised distributions (rows, V) float64 numpy,
-# the active rows' indices into the batch) and returns the active rows' symbols (int64 numpy).
-StepCoder = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+class _BatchEncoder:
+    """Encodes one batch of chunks. The stream holds, per batch, the chunks' raw flags, then the
+    symbols step by step; a flag can only be chosen once the whole chunk is seen, so the batch's
+    quantised tables are kept until `finish`."""
+
+    def __init__(self, encoder: coder.Encoder, tokens: np.ndarray, first_chunk: int, chunk_size: int) -> None:
+        self.encoder, self.tokens, self.first, self.C = encoder, tokens, first_chunk, chunk_size
+        self.steps: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, symbols, tables)
+
+    def step(self, s: int, spare: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        symbols = self.tokens[(self.first + rows) * self.C + s]
+        self.steps.append((rows, symbols, spare.astype(np.float32)))  # integers < 2^24: exact in float32
+        return symbols
+
+    def finish(self, raw: np.ndarray) -> None:
+        self.encoder.encode(raw.astype(np.int64), np.broadcast_to(coder.FLAGS, (len(raw), 2)).copy())
+        for rows, symbols, tables in self.steps:
+            tables[raw[rows]] = coder.uniform(tables.shape[1])
+            self.encoder.encode(symbols, tables)
+
+
+class _BatchDecoder:
+    """Decodes one batch: its raw flags first, then the symbols step by step."""
+
+    def __init__(self, decoder: coder.Decoder, n_rows: int) -> None:
+        self.decoder = decoder
+        self.raw = decoder.decode(np.broadcast_to(coder.FLAGS, (n_rows, 2)).copy()).astype(bool)
+
+    def step(self, s: int, spare: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        spare[self.raw[rows]] = coder.uniform(spare.shape[1])
+        return self.decoder.decode(spare)
+
+    def finish(self, raw: np.ndarray) -> None:
+        if not np.array_equal(raw, self.raw):
+            raise ValueError("decoded chunk flags disagree with the decoded chunks")
 
 
 class LMCoder:
-    """A model and a coding setup: encodes token sequences to range-coded words and back."""
+    """A model and a coding setup: encodes token sequences to range-coded words and back.
+
+    A chunk the model codes worse than the uniform distribution (log2 V bits a token: 8 for
+    bytes) is stored raw instead, at the uniform code's cost: like deflate's stored blocks, it
+    bounds the archive near the input's size on data the model has never seen (binary files,
+    noise). Whether a chunk is raw is a flag in the stream, so the decoder needs no float decision.
+    """
 
     def __init__(self, model: torch.nn.Module, setup: CodingSetup) -> None:
         self.model = model
@@ -147,61 +191,60 @@ class LMCoder:
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.model.cfg.vocab_size):
             raise UserError("a token lies outside the model's vocabulary; the tokenizer does not match the model")
         encoder = coder.Encoder()
-        C = self.setup.chunk_size
-
-        def code_batch(first_chunk: int) -> StepCoder:
-            def step(s: int, spare: np.ndarray, rows: np.ndarray) -> np.ndarray:
-                symbols = tokens[(first_chunk + rows) * C + s]
-                encoder.encode(symbols, spare)
-                return symbols
-            return step
-
-        _, stats = self._code(len(tokens), code_batch, progress)
+        _, stats = self._code(len(tokens), lambda first, rows: _BatchEncoder(encoder, tokens, first,
+                                                                              self.setup.chunk_size), progress)
         return encoder.finish(), stats
 
     def decode(self, words: np.ndarray, n_tokens: int,
                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, CodingStats]:
         """Decode `n_tokens` tokens from range-coded `words`."""
         decoder = coder.Decoder(words)
-
-        def code_batch(first_chunk: int) -> StepCoder:
-            return lambda s, spare, rows: decoder.decode(spare)
-
-        return self._code(n_tokens, code_batch, progress)
+        return self._code(n_tokens, lambda first, rows: _BatchDecoder(decoder, rows), progress)
 
     # -- the shared loop ---------------------------------------------------------------------
     @torch.inference_mode()
-    def _code(self, n_tokens: int, code_batch: Callable[[int], StepCoder],
+    def _code(self, n_tokens: int, batch_coder: Callable[[int, int], "_BatchEncoder | _BatchDecoder"],
               progress: Callable[[int], None] | None) -> tuple[np.ndarray, CodingStats]:
         C, B = self.setup.chunk_size, self.setup.batch_size
+        V = self.model.cfg.vocab_size
+        uniform_bits = coder.PRECISION - np.log2(coder.uniform(V) + 1)  # (V,)
         lengths = chunk_lengths(n_tokens, C)
         out = np.zeros(n_tokens, dtype=np.int64)
-        ideal = quantized = 0.0
+        stats = CodingStats(n_tokens, 0.0, 0.0, 0.0, 0, 0.0)
         start = time.perf_counter()
         with deterministic(self.setup.threads):
             for first in range(0, len(lengths), B):
                 batch_lengths = lengths[first : first + B]  # (rows,)
-                step_coder = code_batch(first)
-                steps = int(batch_lengths.max())
-                cache = self.model.new_cache(capacity=steps)
-                inputs = torch.full((len(batch_lengths), 1), self.setup.prefix_token, dtype=torch.long)
-                for s in range(steps):
+                n_rows = len(batch_lengths)
+                chunk_coder = batch_coder(first, n_rows)
+                model_bits, raw_bits = np.zeros(n_rows), np.zeros(n_rows)  # each chunk's cost both ways
+                cache = self.model.new_cache(capacity=int(batch_lengths.max()))
+                inputs = torch.full((n_rows, 1), self.setup.prefix_token, dtype=torch.long)
+                for s in range(int(batch_lengths.max())):
                     logits = self.model.forward_step(inputs.to(self.device), cache, s)[:, 0].float().cpu()  # (rows, V)
                     log_probs = torch.log_softmax(logits.double(), dim=-1)
                     rows = np.flatnonzero(batch_lengths > s)  # chunks still coding at this position
                     active = torch.from_numpy(rows)
-                    spare = coder.quantize(log_probs[active].exp())
-                    symbols = step_coder(s, spare.numpy(), rows)
+                    spare = coder.quantize(log_probs[active].exp()).numpy()
+                    symbols = chunk_coder.step(s, spare.copy(), rows)
                     sym = torch.from_numpy(symbols)
-                    ideal += coder.ideal_bits(log_probs[active], sym)
-                    quantized += coder.code_length_bits(spare, sym)
+                    stats.ideal_bits += coder.ideal_bits(log_probs[active], sym)
+                    model_bits[rows] += coder.code_lengths(spare, symbols)
+                    raw_bits[rows] += uniform_bits[symbols]
                     out[(first + rows) * C + s] = symbols
                     # finished rows are fed the prefix token: same padding in both directions
                     inputs = torch.full_like(inputs, self.setup.prefix_token)
                     inputs[active, 0] = sym
                     if progress:
                         progress(len(rows))
-        return out, CodingStats(n_tokens, ideal, quantized, time.perf_counter() - start)
+                raw = model_bits > raw_bits  # stored raw: the model would cost more than uniform
+                chunk_coder.finish(raw)
+                stats.quantized_bits += float(model_bits.sum())
+                stats.coded_bits += float(np.where(raw, raw_bits, model_bits).sum())
+                stats.coded_bits += float(coder.code_lengths(np.broadcast_to(coder.FLAGS, (n_rows, 2)), raw.astype(int)).sum())
+                stats.raw_chunks += int(raw.sum())
+        stats.seconds = time.perf_counter() - start
+        return out, stats
 
 
 @torch.inference_mode()
