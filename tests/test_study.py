@@ -217,3 +217,21 @@ def test_a_worker_killed_mid_run_is_replaced_and_its_run_resumed(text_corpus, tm
     frame = load_points(tmp_path / "s.db")
     assert not frame.duplicated(["run_id", "step"]).any()
     assert (frame["kind"] == "branch").sum() == 14  # two sizes x 7 milestones (5..40 tokens/param, two per doubling)
+
+
+def test_a_longer_study_continues_the_same_trunks(text_corpus, tmp_path):
+    short = prepare_study(tiny_study(text_corpus, sizes=["3e3"], max_doublings=0), tmp_path / "s.db", tmp_path / "out")
+    execute(short)
+    trunk = short.runs.trunks["3e3"]
+    first_branches = {t.key: (t.out_dir / "DONE").stat().st_mtime_ns for t in short.runs.tasks if t.kind == "branch"}
+    longer = prepare_study(tiny_study(text_corpus, sizes=["3e3"], max_doublings=1), tmp_path / "s.db", tmp_path / "out")
+    assert longer.study_id == short.study_id  # the budget is not part of the study's identity
+    assert longer.runs.trunks["3e3"].key == trunk.key
+    before = read_loss_log(trunk.out_dir).copy()
+    execute(longer)
+    after = read_loss_log(trunk.out_dir)
+    assert after.size == longer.grid.sizes[0].trunk_steps > before.size
+    assert (after[: before.size] == before).all()  # continued, not retrained
+    for key, stamp in first_branches.items():
+        assert (tmp_path / "out" / short.study_id / "runs" / key / "DONE").stat().st_mtime_ns == stamp
+    assert len(analyse(longer, bootstrap=0).points) == len(longer.grid.sizes[0].milestones)

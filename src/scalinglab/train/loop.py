@@ -25,7 +25,7 @@ import platform
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -102,14 +102,19 @@ class RunPlan:
     def resolved(self) -> dict:
         """The resolved config: what identifies the run and what `--resume` compares."""
         # Settings that do not change the trained weights stay out of the run's identity.
+        # The schedule actually used stands in for the settings it was built from.
         not_identity = ("tokens", "tpp", "lr", "batch_size", "warmup", "checkpoint_every", "device", "dtype",
-                        "threads", "compile", "eval_points", "eval_tokens")
+                        "threads", "compile", "eval_points", "eval_tokens", "schedule", "cooldown_frac",
+                        "cooldown_shape", "min_lr_frac")
         train = {k: v for k, v in self.config.to_dict()["train"].items() if k not in not_identity}
-        train |= {"batch_size": self.batch_size, "lr": self.lr, "warmup": self.schedule.warmup_steps,
-                  "schedule": self.schedule.kind, "eval_tokens": self.config.train.eval_tokens}
-        if not self.extendable:
+        schedule = asdict(self.schedule)
+        train |= {"batch_size": self.batch_size, "lr": self.lr, "schedule": schedule,
+                  "eval_tokens": self.config.train.eval_tokens}
+        if self.extendable:
+            del schedule["total_steps"]
+        else:
             train |= {"total_steps": self.total_steps, "tokens": self.total_steps * self.batch_tokens,
-                      "decay_start": self.schedule.decay_start, "eval_steps": self.eval_steps}
+                      "eval_steps": self.eval_steps}
         return {
             "corpus": self.config.to_dict()["corpus"],
             "model": self.model.to_dict(),
