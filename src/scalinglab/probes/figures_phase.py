@@ -36,6 +36,15 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
     return path
 
 
+def _label_log_axis(axis, values) -> None:  # noqa: ANN001
+    """Label a log axis at the data's own values, without matplotlib's crowded minor labels."""
+    from matplotlib.ticker import NullFormatter
+
+    values = sorted({float(v) for v in values})
+    axis.set_ticks(values, [f"{v:,.0f}" if v >= 1 else f"{v:g}" for v in values])
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _mark_transitions(ax, run: "GrokRun") -> None:  # noqa: ANN001
     for epoch, label, color in ((run.memorised_epoch, "memorised", "tab:blue"),
                                 (run.generalised_epoch, "generalised", "tab:red")):
@@ -95,10 +104,10 @@ def grokking_curves(run: "GrokRun", path: Path) -> Path:
         ax.plot(m.epoch, m.excluded_loss, color="tab:orange", label="excluded (train, key freqs removed)")
         ax.plot(m.epoch, m.grid_train_loss, color="tab:blue", lw=0.8, label="train loss")
         ax.set(xscale="log", yscale="log", xlim=axes[0, 0].get_xlim())
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="center left")
     coords = " (discrete-log coordinates)" if cfg.op in "*/" else ""
-    ax.text(0.98, 0.98, f"key frequencies {run.key_frequencies}{coords}", transform=ax.transAxes, ha="right",
-            va="top", fontsize=7)
+    ax.text(0.98, 0.02, f"key frequencies {run.key_frequencies}{coords}", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=7)
     ax.set(xlabel="epoch", ylabel="nats", title="restricted / excluded loss")
 
     ax = axes[1, 2]
@@ -174,6 +183,7 @@ def facts_rules_figure(result: "FactsRulesResult", path: Path) -> Path:
         ax.axhline(result.capacity_bits / cfg.bits_per_fact, color="tab:red", ls="--",
                    label=f"α·N / {cfg.bits_per_fact:.0f} bits per fact")
     ax.set(xscale="log", yscale="log", xlabel="facts in the dataset", ylabel="facts", title="fact recall")
+    _label_log_axis(ax.xaxis, t.n_facts)
     ax.legend(fontsize=7)
 
     ax = axes[1]
@@ -183,8 +193,13 @@ def facts_rules_figure(result: "FactsRulesResult", path: Path) -> Path:
         ax.axhline(result.capacity_bits, color="tab:red", ls="--",
                    label=f"capacity α·N, α = {result.capacity_alpha:.2f} bits/param")
     ax.set(xscale="log", yscale="log", xlabel="dataset size D (items)", ylabel="bits", title="facts stored")
+    _label_log_axis(ax.xaxis, t.n_items)
     right = ax.secondary_yaxis("right", functions=(lambda b: b / n, lambda r: r * n))
     right.set_ylabel("bits per parameter")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    right.yaxis.set_major_formatter(ScalarFormatter())
+    right.yaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7)
 
     ax = axes[2]
@@ -193,6 +208,7 @@ def facts_rules_figure(result: "FactsRulesResult", path: Path) -> Path:
     ax.plot(t.n_items, t.recall_share, "o-", color="tab:blue", alpha=0.6, label="share of facts recalled")
     ax.set(xscale="log", xlabel="dataset size D (items)", ylabel="accuracy", ylim=(-0.02, 1.02),
            title="the rule keeps improving, fact recall does not")
+    _label_log_axis(ax.xaxis, t.n_items)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -217,12 +233,12 @@ def repetition_figure(result: "RepetitionResult", path: Path) -> Path:
     if rep.predicted_loss_fitted.notna().any():
         ax.plot(rep.epochs, rep.predicted_loss_fitted, ":", color="tab:orange", label=f"fitted R*={result.rd_star_fitted:.1f}")
     if len(fresh):
-        ax.plot(fresh.tokens.rdiv(D).round(), fresh.val_loss, "^-", color="tab:green", alpha=0.7,
-                label="one epoch of the same U (stop early)")
+        ax.plot(fresh.unique_tokens.rdiv(D).round(), fresh.val_loss, "^-", color="tab:green", alpha=0.7,
+                label="one epoch of the same U tokens")
     ax.plot(rep.epochs, rep.train_loss, "x:", color="tab:blue", alpha=0.7, label="train loss on the repeated tokens")
     ax.set(xscale="log", xlabel="epochs over U = D / epochs unique tokens", ylabel="nats/token",
            title="loss at a fixed budget D")
-    ax.set_xticks(rep.epochs, [str(int(e)) for e in rep.epochs])
+    _label_log_axis(ax.xaxis, rep.epochs)
     ax.legend(fontsize=7)
 
     ax = axes[0, 1]
@@ -246,6 +262,7 @@ def repetition_figure(result: "RepetitionResult", path: Path) -> Path:
         ax.plot(d, fit["E"] + fit["B"] * d ** -fit["beta"], color="tab:green", alpha=0.6,
                 label=f"E + B/U^β, β={fit['beta']:.2f}, E={fit['E']:.2f}")
     ax.set(xscale="log", xlabel="unique tokens U (seen once)", ylabel="val nats/token", title="fresh-data curve")
+    _label_log_axis(ax.xaxis, both.tokens)
     ax.legend(fontsize=7)
 
     ax = axes[1, 1]
