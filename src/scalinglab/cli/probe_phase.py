@@ -220,9 +220,9 @@ def repetition(
     _print_repetition(result)
     for line in summary_lines(result):
         console.print(line, highlight=False)
-    path = figs.repetition_figure(result, (figures or out / "figures") / f"repetition-{cfg.key()}.png")
+    path = figs.repetition_figure(result, (figures or out / "figures") / f"repetition-{result.key}.png")
     _record_figure(db, None, path)
-    console.print(f"figure {path}; results in {db} (probe:repetition {cfg.key()})")
+    console.print(f"figure {path}; results in {db} (probe:repetition {result.key})")
 
 
 def _print_repetition(result) -> None:  # noqa: ANN001

@@ -306,8 +306,10 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
                 _store_point(store, run_id, h, n_train=len(train_idx), n_params=n_params)
         unstored.clear()
 
+    status = _status(history, cfg, epoch) if history else None
     if store is not None:
-        store.upsert_run(run_id, name=cfg.describe(), kind=probe_kind(PROBE), status="running", group_name=PROBE,
+        store.upsert_run(run_id, name=cfg.describe(), kind=probe_kind(PROBE),
+                         status="running" if status is None else "done", group_name=PROBE,
                          config={**identity, "max_epochs": cfg.max_epochs, "stop_after": cfg.stop_after},
                          n_total=n_params, n_embedding=int(model.number_embedding().numel()),
                          n_nonembedding=n_params - int(model.number_embedding().numel()),
@@ -319,7 +321,6 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
         snapshot()
         save()
 
-    status = _status(history, cfg, epoch)
     model.train()
     last_save = time.monotonic()
     with _stop_requests() as stop:

@@ -12,10 +12,12 @@ and evaluated on the same clean val set:
 
 The prediction for repeated data is Muennighoff et al. 2023's effective data: e epochs over U
 tokens are worth D' = U + U·R*·(1 − exp(−(e−1)/R*)) fresh tokens, R* = R_D* = 15.39 (from
-`scalinglab.laws.MUENNIGHOFF_2023`), so the predicted loss is L_fresh(D'), with L_fresh fitted to
-the fresh runs as E + B/D^β. The law's other correction (excess parameters, N') is left out: it
-needs the parameter term A/N^α at this scale, which a fixed-N experiment folds into E. R* is
-also fitted to these runs, to compare with the published value.
+`scalinglab.laws.MUENNIGHOFF_2023`), so the predicted loss is L_fresh(D'). L_fresh is read off
+the fresh runs themselves (log-log interpolation, `FreshCurve`); E + B/D^β, fitted to them with
+`scalinglab.laws`, is reported and used only outside their range. The law's other correction
+(excess parameters, N') is left out: it needs the parameter term A/N^α at this scale, which a
+fixed-N experiment folds into E. R* is also fitted to these runs, to compare with the published
+value.
 
 For junk, the baseline is "junk tokens are merely wasted": a run with junk share f would score
 L_fresh((1−f)·D). A loss above that means junk costs more than the tokens it displaced.
@@ -116,12 +118,13 @@ class RepetitionResult:
     rd_star_reference: float | None
     rd_star_fitted: float | None
     notes: list[str] = field(default_factory=list)
+    key: str | None = None  # the result's key in the store
 
     def rows(self, role: str) -> pd.DataFrame:
         return self.table[self.table.role == role].sort_values(["epochs", "junk_fraction", "unique_tokens"])
 
     def to_dict(self) -> dict:
-        return {"key": self.config.key(), "tokens": self.config.tokens, "table": self.table.to_dict("records"),
+        return {"key": self.key, "config_key": self.config.key(), "tokens": self.config.tokens, "table": self.table.to_dict("records"),
                 "fresh_fit": self.fresh_fit, "rd_star_reference": self.rd_star_reference,
                 "rd_star_fitted": self.rd_star_fitted, "notes": self.notes,
                 "base": self.config.base.to_dict(), "junk_kind": self.config.junk_kind,
@@ -200,12 +203,16 @@ def run_repetition(cfg: RepetitionConfig, corpus: PreparedCorpus, *, db: Path | 
             "train_loss": final.get("train_loss"), "run_id": final["run_id"], "status": final["status"],
         })
     result = analyse(cfg, pd.DataFrame(rows))
-    put_probe_result(open_store(db), PROBE, cfg.key(), result.to_dict())
+    # The key names the runs, not just the request: a changed default recipe gives other runs
+    # and so a result of its own instead of replacing the earlier one.
+    key = config_hash({"config": cfg.key(), "runs": [job.plan.run_id for job in jobs]})
+    result.key = key
+    put_probe_result(open_store(db), PROBE, key, result.to_dict())
     return result
 
 
 def analyse(cfg: RepetitionConfig, table: pd.DataFrame) -> RepetitionResult:
-    """Fit the fresh-data curve, predict the repeated and junk runs, fit R*."""
+    """Build the fresh-data curve, predict the repeated and junk runs, fit R*."""
     notes: list[str] = []
     table = table.copy()
     for column in ("effective_tokens", "predicted_loss", "predicted_loss_fitted"):
@@ -213,27 +220,64 @@ def analyse(cfg: RepetitionConfig, table: pd.DataFrame) -> RepetitionResult:
     ok = table.status == "done"
     fresh = table[ok & ((table.role == "fresh") | ((table.role == "repeated") & (table.epochs == 1)))]
     rd_star = _reference_rd_star(notes)
-    fit = None
-    if fresh.unique_tokens.nunique() >= 3:
-        fit = _fit_fresh(fresh.tokens.to_numpy(float), fresh.val_loss.to_numpy(float), notes)
-    else:
-        notes.append("fewer than three fresh runs: no fresh-data fit, so no predictions")
-    fitted_rd = None
-    if fit is not None:
-        curve = lambda d: fit["E"] + fit["B"] * np.asarray(d, float) ** -fit["beta"]  # noqa: E731
-        table.loc[ok, "effective_tokens"] = _invert(fit, table.loc[ok, "val_loss"].to_numpy(float))
-        rep = ok & (table.role == "repeated")
-        U, D = table.loc[rep, "unique_tokens"].to_numpy(float), table.loc[rep, "tokens"].to_numpy(float)
-        if rd_star is not None:
-            table.loc[rep, "predicted_loss"] = curve(effective_data(U, D, rd_star))
-        fitted_rd = _fit_rd_star(U, D, table.loc[rep, "val_loss"].to_numpy(float), curve)
-        if fitted_rd is not None:
-            table.loc[rep, "predicted_loss_fitted"] = curve(effective_data(U, D, fitted_rd))
-        junk = ok & (table.role == "junk")
-        clean = (1 - table.loc[junk, "junk_share"].to_numpy(float)) * table.loc[junk, "tokens"].to_numpy(float)
-        table.loc[junk, "predicted_loss"] = curve(clean)
+    if fresh.unique_tokens.nunique() < 2:
+        notes.append("fewer than two fresh runs: no fresh-data curve, so no predictions")
+        return RepetitionResult(config=cfg, table=table, fresh_fit=None, rd_star_reference=rd_star,
+                                rd_star_fitted=None, notes=notes)
+    tokens, loss = fresh.tokens.to_numpy(float), fresh.val_loss.to_numpy(float)
+    fit = _fit_fresh(tokens, loss, notes) if fresh.unique_tokens.nunique() >= 3 else None
+    curve = FreshCurve.from_runs(tokens, loss, fit)
+    table.loc[ok, "effective_tokens"] = curve.inverse(table.loc[ok, "val_loss"].to_numpy(float))
+    rep = ok & (table.role == "repeated")
+    U, D = table.loc[rep, "unique_tokens"].to_numpy(float), table.loc[rep, "tokens"].to_numpy(float)
+    if rd_star is not None:
+        table.loc[rep, "predicted_loss"] = curve(effective_data(U, D, rd_star))
+    fitted_rd = _fit_rd_star(U, D, table.loc[rep, "val_loss"].to_numpy(float), curve)
+    if fitted_rd is not None:
+        table.loc[rep, "predicted_loss_fitted"] = curve(effective_data(U, D, fitted_rd))
+    junk = ok & (table.role == "junk")
+    clean = (1 - table.loc[junk, "junk_share"].to_numpy(float)) * table.loc[junk, "tokens"].to_numpy(float)
+    table.loc[junk, "predicted_loss"] = curve(clean)
     return RepetitionResult(config=cfg, table=table, fresh_fit=fit, rd_star_reference=rd_star,
                             rd_star_fitted=fitted_rd, notes=notes)
+
+
+@dataclass(frozen=True)
+class FreshCurve:
+    """L_fresh(D), the val loss of D fresh tokens: interpolated in log-log between the fresh runs
+    (no functional form assumed where there are measurements) and the fitted E + B/D^β outside
+    their range. Losses are made non-increasing in D first (more fresh data does not hurt; a
+    rise between neighbouring runs is seed noise)."""
+
+    tokens: np.ndarray  # increasing
+    loss: np.ndarray  # non-increasing
+    fit: dict | None
+
+    @classmethod
+    def from_runs(cls, tokens: np.ndarray, loss: np.ndarray, fit: dict | None) -> "FreshCurve":
+        order = np.argsort(tokens)
+        return cls(tokens=tokens[order], loss=np.minimum.accumulate(loss[order]), fit=fit)
+
+    def __call__(self, d) -> np.ndarray:  # noqa: ANN001
+        d = np.asarray(d, float)
+        inside = np.exp(np.interp(np.log(d), np.log(self.tokens), np.log(self.loss)))
+        if self.fit is None:
+            return inside
+        law = self.fit["E"] + self.fit["B"] * d ** -self.fit["beta"]
+        return np.where((d < self.tokens[0]) | (d > self.tokens[-1]), law, inside)
+
+    def inverse(self, loss: np.ndarray) -> np.ndarray:
+        """The fresh tokens that reach `loss` (NaN where neither the runs nor the fit say)."""
+        loss = np.asarray(loss, float)
+        xs, ys = np.log(self.loss[::-1]), np.log(self.tokens[::-1])  # loss increasing
+        inside = np.exp(np.interp(np.log(loss), xs, ys))
+        out = np.where((loss >= self.loss[-1]) & (loss <= self.loss[0]), inside, np.nan)
+        if self.fit is not None:
+            with np.errstate(all="ignore"):
+                excess = loss - self.fit["E"]
+                law = np.where(excess > 0, (excess / self.fit["B"]) ** (-1.0 / self.fit["beta"]), np.nan)
+            out = np.where(np.isnan(out), law, out)
+        return out
 
 
 def effective_data(unique: np.ndarray, tokens: np.ndarray, rd_star: float) -> np.ndarray:
@@ -263,13 +307,6 @@ def _fit_fresh(tokens: np.ndarray, loss: np.ndarray, notes: list[str]) -> dict |
     if not result.converged:
         notes.append(f"the fresh-data fit did not converge ({result.message})")
     return {k: float(result.params[k]) for k in ("E", "B", "beta")}
-
-
-def _invert(fit: dict, loss: np.ndarray) -> np.ndarray:
-    """The fresh tokens at which the fitted curve reaches `loss` (NaN at or below E)."""
-    with np.errstate(all="ignore"):
-        excess = loss - fit["E"]
-        return np.where(excess > 0, (excess / fit["B"]) ** (-1.0 / fit["beta"]), np.nan)
 
 
 def _fit_rd_star(unique: np.ndarray, tokens: np.ndarray, loss: np.ndarray, curve) -> float | None:  # noqa: ANN001
@@ -312,7 +349,8 @@ def summary_lines(result: RepetitionResult) -> Sequence[str]:
     lines = []
     fit = result.fresh_fit
     if fit:
-        lines.append(f"fresh data: L(U) = {fit['E']:.3f} + {fit['B']:.3g}/U^{fit['beta']:.3f} (nats/token)")
+        lines.append(f"fresh-data law fitted to the fresh runs: L(U) = {fit['E']:.3f} + {fit['B']:.3g}/U^{fit['beta']:.3f} "
+                     "(nats/token); predictions interpolate the runs themselves")
     if result.rd_star_fitted is not None:
         ref = f" (Muennighoff et al. 2023: {result.rd_star_reference:.2f})" if result.rd_star_reference else ""
         lines.append(f"fitted R_D* = {result.rd_star_fitted:.2f}{ref}: after R_D* repetitions a repeated token "
