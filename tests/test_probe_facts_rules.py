@@ -57,7 +57,8 @@ def test_answers_correct_scores_both_value_tokens():
 
 
 @pytest.mark.parametrize("bad", [dict(items=()), dict(items=(1,)), dict(rule_share=1.5), dict(alphabet=2),
-                                 dict(items=(10_000,), alphabet=4), dict(lr=0.0), dict(epochs=0)])
+                                 dict(items=(10_000,), alphabet=4), dict(lr=0.0), dict(epochs=0),
+                                 dict(d_model=9)])
 def test_bad_settings_are_user_errors(bad):
     with pytest.raises(UserError):
         FactsRulesConfig(**bad)

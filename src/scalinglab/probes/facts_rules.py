@@ -41,12 +41,14 @@ from scalinglab.probes.common import (
     probe_kind,
     put_probe_result,
     run_parallel,
+    sequence_bits,
 )
 from scalinglab.store import Store, open_store
 
 PROBE = "facts-rules"
 SEQ_LEN = 7  # TAG k1 k2 k3 = v1 v2
 ANSWER = slice(4, 6)  # the predictions of v1 and v2 among the L-1 predictions
+VALUES = slice(5, 7)  # v1 and v2 among the tokens
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class FactsRulesConfig:
                 raise UserError(f"{name.replace('_', '-')} must be a positive whole number, got {getattr(self, name)!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.d_model % 2:
+            raise UserError(f"--d-model must be even (rotary positions rotate pairs), got {self.d_model}")
 
     @property
     def vocab_size(self) -> int:
@@ -206,7 +210,7 @@ def answers_correct(model: torch.nn.Module, rows: torch.Tensor, batch: int = 409
     for i in range(0, len(rows), batch):
         x = rows[i : i + batch].to(device)
         predicted = model(x[:, :-1]).argmax(dim=-1)[:, ANSWER]
-        out.append((predicted == x[:, 5:7]).all(dim=1).cpu().numpy())
+        out.append((predicted == x[:, VALUES]).all(dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=bool)
 
 
@@ -221,8 +225,6 @@ class _Job:
 
 
 def _fit_one(job: _Job) -> dict:
-    from scalinglab.probes.common import sequence_bits
-
     cfg = job.cfg
     data = make_data(cfg)
     sequences, n_facts = data.dataset(job.n_items, cfg.rule_share)

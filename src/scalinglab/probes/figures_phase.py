@@ -249,17 +249,18 @@ def repetition_figure(result: "RepetitionResult", path: Path) -> Path:
         ax.plot(e, 1 + r * (1 - np.exp(-(e - 1) / r)), color="tab:red", label=f"Muennighoff, R*={r:.1f}")
     if rep.effective_tokens.notna().any():
         ax.plot(rep.epochs, rep.effective_tokens / rep.unique_tokens, "o", color="black",
-                label="measured (fresh-fit inverse)")
+                label="measured (read off the fresh runs)")
     ax.set(xscale="log", yscale="log", xlabel="epochs", ylabel="effective tokens / unique tokens",
            title="what the repeated data was worth")
     ax.legend(fontsize=7)
 
     ax = axes[1, 0]
     both = pd.concat([rep[rep.epochs == 1], fresh])
-    ax.plot(both.tokens, both.val_loss, "o", color="tab:green", label="fresh runs")
+    both = both.sort_values("tokens")
+    ax.plot(both.tokens, both.val_loss, "o-", color="tab:green", label="fresh runs (interpolated for the predictions)")
     if fit:
         d = np.geomspace(both.tokens.min(), both.tokens.max(), 100)
-        ax.plot(d, fit["E"] + fit["B"] * d ** -fit["beta"], color="tab:green", alpha=0.6,
+        ax.plot(d, fit["E"] + fit["B"] * d ** -fit["beta"], color="grey", ls="--", alpha=0.8,
                 label=f"E + B/U^β, β={fit['beta']:.2f}, E={fit['E']:.2f}")
     ax.set(xscale="log", xlabel="unique tokens U (seen once)", ylabel="val nats/token", title="fresh-data curve")
     _label_log_axis(ax.xaxis, both.tokens)
