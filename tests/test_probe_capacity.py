@@ -40,7 +40,7 @@ def test_memorised_bits_never_exceed_the_data_entropy(tmp_path):
     # H(data) follows the convention: the first token of each sequence is not scored
     assert (runs["data_bits"] == runs["n_sequences"] * 8 * math.log2(16)).all()
     # and every run says how far from convergence it is
-    assert runs["doubling_gain"].between(-1, 1).all()
+    assert runs["second_half_gain"].between(-1, 1).all()
 
 
 def test_small_random_data_sets_are_fully_memorised_with_spare_parameters(tmp_path):
@@ -49,10 +49,12 @@ def test_small_random_data_sets_are_fully_memorised_with_spare_parameters(tmp_pa
     # (V = 64: with V = 16 a sequence often starts with a repeated token, which a model without
     # absolute positions cannot tell from a single one; see the capacity module's doc)
     cfg = CapacityConfig(models=((1, 16),), data_bits_per_param=(1 / 3,), steps=1500, **{**TINY, "vocab_size": 64})
-    row = run_capacity(cfg, tmp_path / "out", workers=1).runs.iloc[0]
+    result = run_capacity(cfg, tmp_path / "out", workers=1)
+    row = result.runs.iloc[0]
     assert row["memorised_fraction"] > 0.99
     assert row["stopped_early"]  # the early stop fires once everything is stored
-    assert row["doubling_gain"] == 0.0
+    assert result.models.iloc[0]["doubling_gain"] == 0.0  # converged: no half-length twin needed
+    assert not list((tmp_path / "out").glob("*-steps*"))
 
 
 def test_capacity_grows_with_model_size(tmp_path):
@@ -62,6 +64,12 @@ def test_capacity_grows_with_model_size(tmp_path):
     small, large = result.models.sort_values("params")["capacity_bits"].to_list()
     assert large > 2 * small
     assert result.models["saturated"].all()
+    # neither stored everything, so each capacity fit has a half-length twin measuring convergence
+    assert len(list((tmp_path / "out").glob("*-steps200/DONE"))) == 2
+    models = result.models
+    assert np.allclose(models["doubling_gain"], 1 - models["memorised_bits_half_steps"] / models["capacity_bits"])
+    assert (models["doubling_gain"] > 0).all()  # 200 steps is far from converged
+    assert result.summary()["converged"] == bool((models["doubling_gain"] < 0.02).all())
 
 
 def test_alpha_fit_recovers_a_proportional_law():
@@ -78,13 +86,13 @@ def test_finished_runs_are_never_redone(tmp_path):
     db = tmp_path / "probe.db"
     first = run_capacity(cfg, tmp_path / "out", db, workers=1)
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*/last.pt")}
-    assert len(stamps) == 2
+    assert len(stamps) == 3  # two data sizes and the capacity fit's half-length twin
     second = run_capacity(cfg, tmp_path / "out", db, workers=1)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*/last.pt")} == stamps
     assert second.runs["memorised_bits"].to_list() == first.runs["memorised_bits"].to_list()
     # the runs and the summary are in the store
     store = open_store(db)
-    assert len(store.runs(group="capacity", kind="probe:capacity")) == 2
+    assert len(store.runs(group="capacity", kind="probe:capacity")) == 3
     stored = store.get_result("probe:capacity", cfg.key())
     assert stored["alpha"] == pytest.approx(first.fit.alpha)
 
@@ -159,7 +167,7 @@ def test_ctrl_c_stops_the_pool_and_a_rerun_keeps_finished_runs(tmp_path):
     assert finished and len(finished) < 4  # stopped before the end, with the finished runs kept
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
-    assert len(list(out.glob("*/DONE"))) == 4
+    assert len([p for p in out.glob("*/DONE") if "-steps" not in p.parent.name]) == 4
     for run_dir, stamp in finished.items():  # finished runs were loaded, not retrained
         assert run_dir.joinpath("last.pt").stat().st_mtime_ns == stamp
 

@@ -78,14 +78,15 @@ def _print_capacity(result) -> None:  # noqa: ANN001
         f"α = {fit.alpha:.2f} bits/parameter{interval}{r2}{slope} over {fit.n_models} models (total parameters; "
         f"non-embedding: {result.fit_nonembedding.alpha:.2f}). Anchor: 3.6 (bf16) / 3.83 (fp32) at full convergence.",
         highlight=False)
-    cpu = result.runs["cpu_time"].sum()
+    cpu = result.cpu_time
     console.print(f"compute: {cpu / 60:.1f} CPU-minutes in this invocation (≈ {cpu / 120:.1f} minutes on 2 idle cores; "
                   "fits finished earlier are loaded, not retrained)", highlight=False)
     verdict = "converged" if s["converged"] else "NOT converged"
     console.print(
-        f"convergence: {verdict}; the capacity runs gained {s['median_doubling_gain']:.1%} (median, worst "
-        f"{s['max_doubling_gain']:.1%}) of their bits over their last doubling of steps; at that log-linear rate "
-        f"~{s['median_doublings_to_anchor'] or float('nan'):.1f} more doublings would reach 3.6 bits/param.",
+        f"convergence: {verdict}; the capacity fits gained {s['median_doubling_gain']:.1%} (median, worst "
+        f"{s['max_doubling_gain']:.1%}) of their bits from their last doubling of steps (against twin fits with "
+        f"half the steps); at that log-linear rate ~{s['median_doublings_to_anchor'] or float('nan'):.1f} more "
+        "doublings would reach 3.6 bits/param (optimistic: the gain per doubling shrinks).",
         highlight=False)
 
 
@@ -95,7 +96,7 @@ def memorization(
     tokenizer: str = typer.Option("byte", help="byte (default) or bpe."),
     size: Optional[str] = typer.Option("30k", help="Model preset (fixed N): 10k 30k 100k ..."),
     params: Optional[str] = typer.Option(None, help="Or any non-embedding parameter count, e.g. 5e4."),
-    tpp: str = typer.Option("1,4,16,64", help="Unique training tokens per parameter D/N, comma-separated."),
+    tpp: str = typer.Option("1,4,16,64,200", help="Unique training tokens per parameter D/N, comma-separated."),
     budget_tpp: Optional[float] = typer.Option(None, help="Training tokens per parameter of every run "
                                                "(default: the largest D/N: its data is seen once)."),
     seq_len: int = typer.Option(128, help="Tokens per training window."),

@@ -30,12 +30,15 @@ Conventions (stored with every result):
   reported against non-embedding parameters.
 - Capacity of a model = the largest memorised bits over its data set sizes (the plateau).
 
-Convergence. Morris et al. train ~10^6 steps; a CPU budget allows ~10^3. Every run reports how
-far from convergence it is: `doubling_gain`, the share of its final memorised bits gained over
-the last doubling of training steps (0 for a converged run), and, per model,
-`doublings_to_anchor`, how many more doublings of steps the log-linear trend of that gain would
-need to reach the anchor's 3.6 bits/parameter. Runs that memorise their whole data set stop
-early: they are converged by definition.
+Convergence. Morris et al. train ~10^6 steps; a CPU budget allows ~10^3. So each model's
+capacity fit is repeated with half the steps (a "twin": same data, same schedule, annealed to
+the end like the full fit), and `doubling_gain` = (M(T) − M(T/2)) / M(T) is the share of the
+capacity gained by the last doubling of training (0 for a converged fit). `doublings_to_anchor`
+extrapolates that gain log-linearly to the anchor's 3.6 bits/parameter (an optimistic count:
+the gain per doubling shrinks as training goes on). Fits that memorise their whole data set stop
+early and are converged by definition. Every fit also reports `second_half_gain`, the share of
+its memorised bits gained over its own second half; within one cosine run the half-way point is
+not annealed, so this overstates what a doubling of steps buys and serves only as a cheap check.
 
 Held-out loss (double descent). For uniformly random data no model can beat log2 V bits per
 token on fresh sequences, so the held-out curve is the *excess* held-out loss: bits per token on
@@ -187,24 +190,27 @@ class CapacityJob:
     n_sequences: int
     out_dir: Path
     db: Path | None
+    steps: int | None = None  # a convergence twin's shorter run (None: cfg.steps)
 
     @property
     def label(self) -> str:
-        return f"{self.shape[0]}x{self.shape[1]} n={self.n_sequences}"
+        twin = f" ({self.steps} steps)" if self.steps else ""
+        return f"{self.shape[0]}x{self.shape[1]} n={self.n_sequences}{twin}"
 
     def cost(self) -> float:
         """Relative compute, to start the largest runs first."""
         mc = model_config(*self.shape, self.cfg.vocab_size)
         tokens = min(self.n_sequences * (self.cfg.seq_len - 1), self.cfg.max_batch_tokens)
-        return self.cfg.steps * tokens * flops_per_token(mc, self.cfg.seq_len - 1)
+        return (self.steps or self.cfg.steps) * tokens * flops_per_token(mc, self.cfg.seq_len - 1)
 
 
-def recipe_for(cfg: CapacityConfig, n_sequences: int) -> FitRecipe:
+def recipe_for(cfg: CapacityConfig, n_sequences: int, steps: int | None = None) -> FitRecipe:
+    steps = steps or cfg.steps
     full_batch_sequences = max(1, cfg.max_batch_tokens // (cfg.seq_len - 1))
     batch = None if n_sequences <= full_batch_sequences else full_batch_sequences
-    # Evaluate at even fractions of the run, so the point half-way (for doubling_gain) exists.
-    eval_every = max(1, cfg.steps // (2 * max(1, cfg.eval_points // 2)))
-    return FitRecipe(steps=cfg.steps, lr=cfg.lr, warmup=min(cfg.warmup, cfg.steps // 4), schedule=cfg.schedule,
+    # Evaluate at even fractions of the run, so the point half-way (for second_half_gain) exists.
+    eval_every = max(1, steps // (2 * max(1, cfg.eval_points // 2)))
+    return FitRecipe(steps=steps, lr=cfg.lr, warmup=min(cfg.warmup, steps // 4), schedule=cfg.schedule,
                      batch_size=batch, weight_decay=cfg.weight_decay, eval_every=eval_every, seed=cfg.seed,
                      device=cfg.device)
 
@@ -235,7 +241,7 @@ def run_capacity_job(job: CapacityJob) -> dict:
         record = ProbeRecord(job.db, PROBE, name=f"capacity {job.label}",
                              meta={"n_sequences": job.n_sequences, "data_bits": entropy, "vocab_size": cfg.vocab_size,
                                    "seq_len": cfg.seq_len, "probe_key": cfg.key()})
-    result = fit_sequences(mc, data, recipe_for(cfg, job.n_sequences), job.out_dir, evaluate=evaluate,
+    result = fit_sequences(mc, data, recipe_for(cfg, job.n_sequences, job.steps), job.out_dir, evaluate=evaluate,
                            stop_when=fully_memorised, record=record,
                            identity={"probe": PROBE, "data_seed": cfg.seed, "heldout": cfg.heldout_sequences})
     final = result.final
@@ -249,8 +255,7 @@ def run_capacity_job(job: CapacityJob) -> dict:
         "memorised_bits": memorised, "memorised_fraction": memorised / knowable, "bits_per_param": memorised / counts.total,
         "train_bits_per_token": float(result.seq_bits.mean() / (cfg.seq_len - 1)),
         "heldout_excess_bits_per_token": final["heldout_excess"], "steps": result.steps,
-        "stopped_early": result.stopped_early, "half_step": half["step"],
-        "memorised_bits_at_half": half["memorised_bits"], "doubling_gain": gain,
+        "stopped_early": result.stopped_early, "second_half_gain": gain,
         "wall_time": result.wall_time, "cpu_time": time.process_time() - cpu_start, "run_id": result.run_id,
     }
 
@@ -323,15 +328,22 @@ def fit_alpha(params: np.ndarray, capacity: np.ndarray, convention: str = "total
 
 @dataclass
 class CapacityResult:
-    """runs: one row per (model, data set). models: one row per model with its capacity (the
-    plateau), its convergence and the data-set size at which it was reached. fit / fit_nonembedding:
-    α against total and non-embedding parameters."""
+    """runs: one row per (model, data set). twins: the half-length twins of the capacity fits.
+    models: one row per model with its capacity (the plateau), its convergence and the data-set
+    size at which it was reached. fit / fit_nonembedding: α against total and non-embedding
+    parameters."""
 
     config: CapacityConfig
     runs: "pd.DataFrame"  # noqa: F821
+    twins: "pd.DataFrame"  # noqa: F821
     models: "pd.DataFrame"  # noqa: F821
     fit: AlphaFit
     fit_nonembedding: AlphaFit
+
+    @property
+    def cpu_time(self) -> float:
+        """CPU seconds spent training in this invocation (finished fits are loaded, ~0)."""
+        return float(self.runs["cpu_time"].sum() + (self.twins["cpu_time"].sum() if len(self.twins) else 0.0))
 
     def summary(self) -> dict:
         return {
@@ -347,6 +359,7 @@ class CapacityResult:
             "config": self.config.to_dict(),
             "models": self.models.to_dict(orient="records"),
             "runs": self.runs.to_dict(orient="records"),
+            "twins": self.twins.to_dict(orient="records"),
             "conventions": {
                 "scored_tokens": "tokens 2..S of each sequence; the first token is not scored",
                 "data_bits": "n * (S-1) * log2(V)",
@@ -354,21 +367,30 @@ class CapacityResult:
                 "memorised_fraction": "memorised_bits / knowable_bits",
                 "memorised_bits": "sum over sequences of max(0, (S-1)*log2(V) - NLL bits)",
                 "capacity": "max memorised bits over data set sizes",
-                "doubling_gain": "share of final memorised bits gained over the last doubling of steps",
+                "doubling_gain": "(M(T) - M(T/2)) / M(T), M(T/2) from a twin fit with half the steps",
+                "second_half_gain": "share of a fit's memorised bits gained in its own second half (not annealed)",
                 "heldout_excess": "held-out bits/token on fresh random sequences minus log2(V)",
             },
         }
 
 
-def model_table(runs: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
-    """Per model: capacity (max memorised bits over data sizes) and its convergence."""
+def capacity_runs(runs: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
+    """Each model's capacity fit: the row with its most memorised bits."""
+    return runs.loc[runs.groupby("model", sort=False)["memorised_bits"].idxmax()]
+
+
+def model_table(runs: "pd.DataFrame", half_bits: dict[str, float]) -> "pd.DataFrame":  # noqa: F821
+    """Per model: capacity (max memorised bits over data sizes) and its convergence, from the
+    memorised bits of the capacity fit's half-length twin (`half_bits`, by model; a model whose
+    capacity fit stored everything has none and is converged)."""
     import pandas as pd
 
     rows = []
     for model, group in runs.groupby("model", sort=False):
         best = group.loc[group["memorised_bits"].idxmax()]
         largest = group.loc[group["data_bits"].idxmax()]
-        per_doubling = best["memorised_bits"] - best["memorised_bits_at_half"]
+        half = half_bits.get(model, best["memorised_bits"])
+        per_doubling = best["memorised_bits"] - half
         target = ANCHOR_BITS_PER_PARAM * best["params"]
         to_anchor = (target - best["memorised_bits"]) / per_doubling if per_doubling > 0 else math.inf
         rows.append({
@@ -376,8 +398,9 @@ def model_table(runs: "pd.DataFrame") -> "pd.DataFrame":  # noqa: F821
             "params": int(best["params"]), "params_nonembedding": int(best["params_nonembedding"]),
             "capacity_bits": float(best["memorised_bits"]), "bits_per_param": float(best["bits_per_param"]),
             "at_data_bits_per_param": float(best["data_bits_per_param"]),
-            "memorised_bits_largest_data": float(largest["memorised_bits"]),
-            "doubling_gain": float(best["doubling_gain"]), "doublings_to_anchor": float(max(to_anchor, 0.0)),
+            "memorised_bits_largest_data": float(largest["memorised_bits"]), "memorised_bits_half_steps": float(half),
+            "doubling_gain": float(per_doubling / best["memorised_bits"]),
+            "doublings_to_anchor": float(max(to_anchor, 0.0)),
             "saturated": bool((group["memorised_fraction"] < 0.95).any()),
             "double_descent_peak_data_bits_per_param": float(
                 group.loc[group["heldout_excess_bits_per_token"].idxmax(), "data_bits_per_param"]),
@@ -417,8 +440,14 @@ def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None
     runs = pd.DataFrame(rows)
     runs = runs.sort_values(by=["model", "n_sequences"], key=lambda c: c.map(
         lambda v: order.get(tuple(int(x) for x in v.split("x")), 0) if isinstance(v, str) else v)).reset_index(drop=True)
-    models = model_table(runs)
-    result = CapacityResult(config=cfg, runs=runs, models=models,
+    # Convergence: each capacity fit that did not store everything gets a twin with half the steps.
+    twins = [CapacityJob(cfg, (int(r.n_layer), int(r.d_model)), int(r.n_sequences),
+                         out_dir / f"{r.model}-n{r.n_sequences}-steps{cfg.steps // 2}", db_path, steps=cfg.steps // 2)
+             for r in capacity_runs(runs).itertuples() if not r.stopped_early]
+    twin_rows = run_parallel(run_capacity_job, twins, workers=workers, label="capacity: half-length twins",
+                             describe=lambda j: j.label, console=console) if twins else []
+    models = model_table(runs, {row["model"]: row["memorised_bits"] for row in twin_rows})
+    result = CapacityResult(config=cfg, runs=runs, twins=pd.DataFrame(twin_rows), models=models,
                             fit=fit_alpha(models["params"].to_numpy(), models["capacity_bits"].to_numpy(), "total"),
                             fit_nonembedding=fit_alpha(models["params_nonembedding"].to_numpy(),
                                                        models["capacity_bits"].to_numpy(), "non_embedding"))

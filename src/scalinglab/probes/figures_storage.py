@@ -69,8 +69,13 @@ def capacity_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
     fig, ax = plt.subplots(figsize=(6.0, 4.4))
     for color, model in zip(colors, models.itertuples()):
         group = runs[runs["model"] == model.model].sort_values("data_bits")
-        ax.plot(group["data_bits"] / model.capacity_bits, group["heldout_excess_bits_per_token"], "o-", color=color,
-                label=model.model)
+        x, y = group["data_bits"] / model.capacity_bits, group["heldout_excess_bits_per_token"]
+        ax.plot(x, y, "-", color=color, label=model.model)
+        early = group["stopped_early"].to_numpy(bool)
+        ax.plot(x[~early], y[~early], "o", color=color)
+        # fits that stored everything stopped early: fewer steps, so less confident
+        ax.plot(x[early], y[early], "o", markerfacecolor="white", color=color)
+    ax.plot([], [], "o", markerfacecolor="white", color="grey", label="stopped early (all stored)")
     ax.axvline(1.0, color="grey", lw=0.8, ls=":")
     _log_x(ax)
     ax.set_xlabel("H(data) / measured capacity")

@@ -80,14 +80,15 @@ class MemorizationConfig:
     doc_tokens: documents are cut into pieces of at most this many tokens before subsets are drawn.
     eval_windows: member windows scored per D (and as many val windows); the sums over the whole
       training set are scaled from them.
-    alpha: bits/parameter to use when the store holds no capacity result (None: the anchor, 3.6).
+    alpha: bits per (total) parameter for the storage limit (None: the latest capacity probe
+      result in the store, else the anchor, 3.6).
     seed: subsets, initialisation and data order.
     """
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     size: str | None = "30k"
     params: float | None = None
-    tokens_per_param: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0)
+    tokens_per_param: tuple[float, ...] = (1.0, 4.0, 16.0, 64.0, 200.0)
     budget_tpp: float | None = None
     seq_len: int = 128
     batch_size: int | None = None
