@@ -137,6 +137,9 @@ def study(
     print_results(result)
     console.print(f"results: {result.csv}  figures: {', '.join(str(p) for p in result.figures)}  store: {db} "
                   f"(group {prepared.study_id})")
+    if any(t.status == "failed" for t in tasks):
+        err_console.print("some runs failed (above); rerun the same command to retry them")
+        raise typer.Exit(1)
 
 
 def print_results(result) -> None:  # noqa: ANN001 - StudyResult
