@@ -12,4 +12,4 @@
 This module imports nothing heavy, so the CLI can read the defaults below cheaply.
 """
 
-DEFAULT_BATCH = 128  # chunks per forward batch: big batches amortise per-step overhead (docs/compress.md)
+DEFAULT_BATCH = 256  # chunks per forward batch: big batches amortise per-step overhead (docs/compress.md)

@@ -40,6 +40,7 @@ def plot_compression_vs_data(frame, path: str | Path) -> Path:  # noqa: ANN001 -
     for name, style in (("gzip-9", ":"), ("xz-9", "--")):
         ax.axhline(frame[f"{name}_bpb"].iloc[0], color="grey", linestyle=style, label=f"{name} (whole split)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(_pyplot().NullFormatter())  # minor labels collide on short ranges
     ax.set_xlabel("training tokens D")
     ax.set_ylabel(f"{frame['split'].iloc[0]} split, bits per byte")
     ax.set_title("At fixed N, more data makes a better compressor")

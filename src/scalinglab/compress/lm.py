@@ -5,13 +5,14 @@ from a fixed `prefix_token` (a newline for text models), so that chunks can be c
 and a chunk's first token is predicted by the model rather than sent raw. Chunks are processed
 `batch_size` at a time through the model's incremental path (`GPT.forward_step` with a key/value
 cache), one position per step; at every step the batch's next-token distributions are quantised
-(`coder.quantize`) and the batch's symbols are range-coded into one stream, chunk after chunk.
+(`coder.quantize`) and the batch's symbols are range-coded into one stream: per batch, a flag per
+chunk (model-coded, or stored raw when the model is worse than uniform), then the tokens.
 
 Determinism by construction: encoder and decoder run the very same loop (`_code`), with the same
 batch shapes, the same inputs (padding included) and the same float settings (fixed thread
-count, deterministic algorithms, TF32 off, float32 weights, no autocast); only the callback that
-turns a distribution into a symbol differs. The archive stores the coding setup, and decoding
-refuses a setup it cannot reproduce.
+count, deterministic algorithms, TF32 off, float32 weights, no autocast); only the object that
+turns a distribution into a symbol (`_BatchEncoder` / `_BatchDecoder`) differs. The archive
+stores the coding setup, and decoding uses exactly that setup.
 
 Stated limit: floating-point results depend on the CPU/GPU kernels, so an archive is decoded
 reliably by the same software on the same kind of machine. A mismatch is caught by the archive's
