@@ -112,6 +112,9 @@ def grokking(
     except Interrupted as exc:
         err_console.print(f"stopped at epoch {exc.step}; run the same command again to continue", highlight=False)
         raise typer.Exit(130)
+    except KeyboardInterrupt:  # a sweep or comparison: finished runs are kept
+        err_console.print("stopped; run the same command again to continue (finished runs are kept)")
+        raise typer.Exit(130)
     _print_runs([run])
     s = run.summary()
     if run.memorised_epoch and run.generalised_epoch:
@@ -195,6 +198,7 @@ def repetition(
     from scalinglab.probes import figures_phase as figs
     from scalinglab.probes.repetition import RepetitionConfig, parse_epochs, parse_junk, run_repetition, summary_lines
     from scalinglab.store import open_store
+    from scalinglab.train import Interrupted
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -214,7 +218,7 @@ def repetition(
     prepared = prepare_corpus(base.corpus, cache_dir)
     try:
         result = run_repetition(cfg, prepared, db=db, out_root=out, workers=workers, console=err_console)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         err_console.print("stopped; run the same command again to continue (finished runs are kept)")
         raise typer.Exit(130)
     _print_repetition(result)
@@ -263,6 +267,7 @@ def facts_rules(
     from scalinglab.probes import figures_phase as figs
     from scalinglab.probes.facts_rules import FactsRulesConfig, parse_items, run_facts_rules, summary_lines
     from scalinglab.store import open_store
+    from scalinglab.train import Interrupted
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -271,7 +276,7 @@ def facts_rules(
     open_store(db)
     try:
         result = run_facts_rules(cfg, out, db=db, workers=workers, console=err_console)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         err_console.print("stopped; run the same command again to continue (finished fits are kept)")
         raise typer.Exit(130)
     table = Table("D", "facts", "recalled", "bits stored", "rule acc (unseen)", "rule acc (train)", "exposures",
