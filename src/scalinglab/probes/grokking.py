@@ -153,9 +153,9 @@ class GrokConfig:
             raise UserError(f"snapshot_every ({self.snapshot_every}) must be a multiple of eval_every ({self.eval_every})")
 
     def identity(self) -> dict:
-        """What fixes the trajectory (and so names the run)."""
+        """What fixes the trajectory and what is recorded along it (and so names the run)."""
         keep = ("p", "op", "train_frac", "model", "lr", "weight_decay", "beta1", "beta2", "warmup", "grokfast",
-                "seed", "eval_every", "snapshot_every")
+                "seed", "eval_every", "snapshot_every", "fourier_top")
         ident = {k: getattr(self, k) for k in keep}
         if self.grokfast:
             ident.update(grokfast_alpha=self.grokfast_alpha, grokfast_lamb=self.grokfast_lamb)
