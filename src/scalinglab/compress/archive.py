@@ -305,11 +305,18 @@ def atomic_output(path: str | Path, *, force: bool = False, source: Path | None 
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the output the usual mode
         os.replace(tmp, path)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}; check the space and permissions there") from None
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def compress_file(model: str | Path | Compressor, input: str | Path, output: str | Path, *, force: bool = False,
