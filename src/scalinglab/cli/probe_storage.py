@@ -133,30 +133,43 @@ def memorization(
                   f"(kind probe:memorization, key {cfg.key()})", highlight=False)
 
 
+def _bits(value: float) -> str:
+    """Compact bit counts for narrow terminals: 138,976 -> '139k'."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return f"{value:.0f}"
+
+
 def _print_memorization(result) -> None:  # noqa: ANN001
     from rich.table import Table
 
     console.print(f"model: N = {result.N:,} non-embedding ({result.P:,} total) parameters; capacity α·P = "
                   f"{result.capacity_bits:,.0f} bits with α = {result.alpha:.2f} ({result.alpha_source}); data: "
                   f"{result.bits_per_token:.3f} bits/token (xz -9 on the train split)", highlight=False)
-    table = Table("D/N", "D", "train bpt", "val bpt", "memorised (ref.)", "calibrated", "cheap (gap×D)", "generalised",
-                  "sample-specific share", "AUC loss", "AUC ref.", "D·b > α·P", title="memorisation vs generalisation")
+    bits = Table("D/N", "train bpt", "val bpt", "memorised", "raw ref", "cheap", "generalised", "share",
+                 title="bits of the training set: sample-specific vs generalised",
+                 caption="memorised: reference estimate, calibrated on val (± s.e.); raw ref: uncalibrated; cheap: "
+                         "(val − train) × D; share: memorised / training-set gain")
     for row in result.rows.itertuples():
-        share = "-" if row.sample_specific_share is None else f"{row.sample_specific_share:.2%}"
-        table.add_row(f"{row.tokens_per_param:g}", f"{row.D:,}", f"{row.train_bits_per_token:.3f}",
-                      f"{row.val_bits_per_token:.3f}", f"{row.memorised_bits:,.0f} ± {row.memorised_bits_se:,.0f}",
-                      f"{row.memorised_bits_calibrated:,.0f} ± {row.memorised_bits_calibrated_se:,.0f}",
-                      f"{row.cheap_memorised_bits:,.0f}", f"{row.generalised_bits:,.0f}", share,
-                      f"{row.auc_loss:.3f}", f"{row.auc_reference:.3f}", "yes" if not row.storable else "no")
-    console.print(table)
+        share = "-" if row.sample_specific_share is None else f"{row.sample_specific_share:.1%}"
+        bits.add_row(f"{row.tokens_per_param:g}", f"{row.train_bits_per_token:.3f}", f"{row.val_bits_per_token:.3f}",
+                     f"{_bits(row.memorised_bits_calibrated)}±{_bits(row.memorised_bits_calibrated_se)}",
+                     _bits(row.memorised_bits), _bits(row.cheap_memorised_bits), _bits(row.generalised_bits), share)
+    console.print(bits)
+    mia = Table("D/N", "D (tokens)", "AUC loss", "AUC reference", "D·b > α·P", title="membership inference")
+    for row in result.rows.itertuples():
+        mia.add_row(f"{row.tokens_per_param:g}", f"{row.D:,}", f"{row.auc_loss:.3f}", f"{row.auc_reference:.3f}",
+                    "no" if row.storable else "yes")
+    console.print(mia)
     if result.study is not None and len(result.study):
-        st = Table("N", "D", "D/N", "epoch", "val bpt", "cheap (gap×D)", "AUC loss", title="the study's runs")
+        st = Table("N", "D", "D/N", "epoch", "val bpt", "cheap gap×D", "AUC loss", title="the study's runs")
         for row in result.study.itertuples():
             st.add_row(f"{row.N:,}", f"{row.D:,.0f}", f"{row.tokens_per_param:.1f}", f"{row.epoch or 0:.2f}",
-                       f"{row.val_bits_per_token:.3f}", f"{row.cheap_memorised_bits:,.0f}", f"{row.auc_loss:.3f}")
+                       f"{row.val_bits_per_token:.3f}", _bits(row.cheap_memorised_bits), f"{row.auc_loss:.3f}")
         console.print(st)
-    lim = Table("model", "N", "P", "α·P (bits)", "D beyond which D·b > α·P", "as D/N", title="storage limit")
+    lim = Table("model", "N", "P", "α·P bits", "storable up to D", "as D/N", title="storage limit: D·b = α·P")
     for limit in result.limits:
-        lim.add_row(limit.label, f"{limit.N:,}", f"{limit.P:,}", f"{limit.capacity_bits:,.0f}",
-                    f"{limit.limit_tokens:,.0f}", f"{limit.limit_tokens_per_param:.2f}")
+        lim.add_row(limit.label, f"{limit.N:,}", f"{limit.P:,}", _bits(limit.capacity_bits), _bits(limit.limit_tokens),
+                    f"{limit.limit_tokens_per_param:.2f}")
     console.print(lim)

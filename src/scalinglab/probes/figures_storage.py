@@ -102,6 +102,8 @@ def memorization_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: AN
     ax.plot(x, rows["cheap_memorised_bits"].clip(lower=1), "s--", color="C1", label="cheap estimate (val − train) × D")
     ax.plot(x, rows["generalised_bits"].clip(lower=1), "^-", color="C0", label="generalised (training-set gain − calibrated memorised)")
     ax.axhline(result.capacity_bits, color="grey", ls=":", label=f"capacity α·P = {result.capacity_bits:,.0f} bits")
+    limit = result.capacity_bits / result.bits_per_token / result.N
+    ax.axvline(limit, color="grey", ls="--", lw=0.8, label=f"D/N = {limit:.2g}: training set holds α·P bits (xz)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("unique training tokens per parameter D/N")
