@@ -283,8 +283,12 @@ def key_frequency_energy(task: ModularTask, logits: np.ndarray) -> np.ndarray:
     return np.array([total[_frequency_mask(task, n, [k])].sum() for k in range(1, n // 2 + 1)])
 
 
-def key_frequencies(task: ModularTask, logits: np.ndarray, share: float = 0.9, most: int = 12) -> list[int]:
-    """The fewest frequencies holding `share` of the logits' (a±b)-direction energy (at most `most`)."""
+def key_frequencies(task: ModularTask, logits: np.ndarray, share: float = 0.99, most: int = 12) -> list[int]:
+    """The fewest frequencies holding `share` of the logits' (a±b)-direction energy (at most `most`).
+
+    99%, not less: a grokked network's logits can hold 95% of that energy in two frequencies
+    while a third, weaker one is still needed for the answer (Nanda's transformer here: 42 and
+    43 hold 95%, and the restricted loss is 0.64 nats without frequency 5, 0.0002 with it)."""
     energy = key_frequency_energy(task, logits)
     order = np.argsort(energy)[::-1]
     cumulative = np.cumsum(energy[order]) / max(energy.sum(), 1e-300)
