@@ -212,8 +212,8 @@ class LMCoder:
         lengths = chunk_lengths(n_tokens, C)
         out = np.zeros(n_tokens, dtype=np.int64)
         stats = CodingStats(n_tokens, 0.0, 0.0, 0.0, 0, 0.0)
-        start = time.perf_counter()
         with deterministic(self.setup.threads):
+            start = time.perf_counter()  # after the one-time import that deterministic mode triggers
             for first in range(0, len(lengths), B):
                 batch_lengths = lengths[first : first + B]  # (rows,)
                 n_rows = len(batch_lengths)
