@@ -14,6 +14,7 @@ computed again, so an interrupted analysis resumes where it stopped.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,26 +80,26 @@ def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence
     import pandas as pd
 
     targets = _targets(store, group, run_dirs, n)
-    data_cache: dict[str, tuple[bytes, dict]] = {}
+    data_cache: dict[str, tuple[bytes, dict]] = {}  # a study's runs share one corpus: read it once
     rows = []
     for target in targets:
         info = target.info
-        corpus = info.corpus(cache_dir)
-        if corpus.key not in data_cache:
-            data = split_bytes(corpus, split)[: max_bytes or None]
+        corpus_id = json.dumps(info.config["corpus"], sort_keys=True)
+        if corpus_id not in data_cache:
+            data = split_bytes(info.corpus(cache_dir), split)[: max_bytes or None]
             if not data:
                 raise UserError(f"the {split} split is empty; nothing to compress")
             classical = {b.name: b.whole_bpb for b in baseline_sizes(data, None, ["gzip-9", "xz-9"])}
-            data_cache[corpus.key] = (data, classical)
-        data, classical = data_cache[corpus.key]
-        comp = load_compressor(info.out_dir)
-        chunk = chunk_size or comp.context
+            data_cache[corpus_id] = (data, classical)
+        data, classical = data_cache[corpus_id]
+        chunk = chunk_size or int(info.train["seq_len"])  # the compressor's default: the training context
         data_hash = hashlib.sha256(data).hexdigest()[:16]
         key = f"{info.run_id}:{split}:{data_hash}:c{chunk}:{'archive' if archive else 'ideal'}"
         row = store.get_result(KIND, key) if store is not None else None
         if row is None:
             if progress:
                 progress(f"N={target.n:,} D={target.d:,}")
+            comp = load_compressor(info.out_dir)
             tokens = comp.tokenize(data)
             with deterministic(1):
                 bits = ideal_code_length(comp.model, tokens, chunk, comp.prefix_token, batch_size=16)
