@@ -35,7 +35,7 @@ def separate_task(grid: Grid, milestone: Milestone, out: Path, group: str, sched
     plan = RunPlan(
         config=run_config(grid, size, milestone.end_step * size.batch_tokens, schedule.kind),
         model=size.model, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr, schedule=schedule,
-        eval_steps=[milestone.end_step], kind=schedule.kind, group=group,
+        eval_steps=[milestone.end_step], kind=schedule.kind, group=group, corpus_key=grid.corpus_key,
         name=f"{group}/{schedule.kind}{schedule.min_lr_frac:g}-{milestone.tpp:g}tpp",
     )
     return Task(key=plan.run_id, kind=schedule.kind, plan=plan, out_dir=out / "runs" / plan.run_id, size=size.label)
@@ -82,7 +82,8 @@ def main() -> None:
             end = round(tpp * size.n / bt)
             milestones.append(Milestone(tpp=tpp, end_step=end, start_step=end - round(cfg.cooldown_frac * end)))
         size.milestones = milestones
-        grid = Grid(config=cfg, sizes=[size], budget=parse_budget(None), unique_train_tokens=corpus.unique_train_tokens)
+        grid = Grid(config=cfg, sizes=[size], budget=parse_budget(None), unique_train_tokens=corpus.unique_train_tokens,
+                    corpus_key=corpus.key)
         runs = build_tasks(grid, cfg.name, out)
         separate = [cosine_task(grid, m, out, cfg.name, floor) for floor in args.cosine_floors for m in milestones]
         separate += [wsd_task(grid, m, out, cfg.name) for m in milestones]

@@ -92,7 +92,7 @@ def prepare_study(cfg: StudyConfig, db: str | Path, out: str | Path, *, cache_di
         for size in sizes:
             size.tokens_per_s = saved["tokens_per_s"].get(size.label)
         grid = Grid(config=cfg, sizes=sorted(sizes, key=lambda s: s.n), budget=parse_budget(cfg.budget),
-                    unique_train_tokens=corpus.unique_train_tokens)
+                    unique_train_tokens=corpus.unique_train_tokens, corpus_key=corpus.key)
         replanned = False
     else:
         grid = plan_grid(cfg, corpus)

@@ -185,6 +185,7 @@ class Grid:
     sizes: list[SizePlan]
     budget: Budget
     unique_train_tokens: int
+    corpus_key: str | None = None
 
     def estimate_seconds(self) -> float | None:
         if any(s.tokens_per_s is None for s in self.sizes):
@@ -330,7 +331,7 @@ def plan_grid(cfg: StudyConfig, corpus: PreparedCorpus, *, probe: bool = True) -
         plans[label], doublings[label] = trial, doublings[label] + 1
 
     grid = Grid(config=cfg, sizes=sorted(plans.values(), key=lambda s: s.n), budget=budget,
-                unique_train_tokens=corpus.unique_train_tokens)
+                unique_train_tokens=corpus.unique_train_tokens, corpus_key=corpus.key)
     if not fits(plans):
         estimate = grid.estimate_seconds()
         need = f"about {estimate / 60:.1f} min" if estimate else f"{grid.total_flops:.3g} FLOPs"

@@ -79,7 +79,7 @@ def build_tasks(grid: Grid, study_id: str, study_dir: Path) -> StudyRuns:
             model=size.model, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
             schedule=Schedule("constant", total_steps=size.trunk_steps, warmup_steps=size.warmup),
             eval_steps=starts, kind="trunk", name=f"{study_id}/N{size.n}/trunk", group=study_id,
-            snapshot_steps=starts, extra={"study": study_id, "size": size.label},
+            snapshot_steps=starts, extra={"study": study_id, "size": size.label}, corpus_key=grid.corpus_key,
         )
         trunk_dir = study_dir / "runs" / trunk_plan.run_id
         trunk = Task(key=trunk_plan.run_id, kind="trunk", plan=trunk_plan, out_dir=trunk_dir, size=size.label)
@@ -96,6 +96,7 @@ def build_tasks(grid: Grid, study_id: str, study_dir: Path) -> StudyRuns:
                 extra={"study": study_id, "size": size.label, "tpp": m.tpp, "init_from_step": m.start_step,
                        "branch_start_tokens": m.start_step * size.batch_tokens,
                        "milestone_tokens": m.end_step * size.batch_tokens, "trunk": trunk_plan.run_id},
+                corpus_key=grid.corpus_key,
             )
             runs.tasks.append(Task(
                 key=branch_plan.run_id, kind="branch", plan=branch_plan,

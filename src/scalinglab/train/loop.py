@@ -83,6 +83,7 @@ class RunPlan:
     init_from: str | None = None  # checkpoint a branch starts from
     snapshot_steps: list[int] = field(default_factory=list)
     max_unique_tokens: int | None = None  # train on a prefix of the train split only
+    corpus_key: str | None = None  # the prepared corpus (content, tokenizer, split) it trains on
     extra: dict = field(default_factory=dict)  # recorded with the run (e.g. a study's milestone)
 
     @property
@@ -123,6 +124,7 @@ class RunPlan:
             "parent_run": self.parent_run,
             "init_from_step": self.extra.get("init_from_step"),
             "max_unique_tokens": self.max_unique_tokens,
+            "corpus_key": self.corpus_key,
         }
 
     @property
@@ -149,7 +151,8 @@ def plan_run(cfg: RunConfig, corpus: PreparedCorpus, *, kind: str = "train") -> 
                         shape=t.cooldown_shape, min_lr_frac=t.min_lr_frac)
     return RunPlan(config=cfg, model=model, batch_size=batch_size, seq_len=t.seq_len,
                    lr=t.lr or hparams.default_lr(model.d_model), schedule=schedule,
-                   eval_steps=log_spaced_steps(total_steps, t.eval_points), kind=kind, name=cfg.name)
+                   eval_steps=log_spaced_steps(total_steps, t.eval_points), kind=kind, name=cfg.name,
+                   corpus_key=corpus.key)
 
 
 def log_spaced_steps(total_steps: int, count: int, first: int | None = None) -> list[int]:
@@ -251,6 +254,8 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
     """
     reporter = reporter or Reporter()
     out_dir = Path(out_dir)
+    if plan.corpus_key is not None and plan.corpus_key != corpus.key:
+        raise UserError(f"this run was planned on corpus {plan.corpus_key} but is given {corpus.key}; plan it again")
     resolved = plan.resolved()
     run_id = plan.run_id
     _claim_directory(out_dir, resolved, resume)
