@@ -42,6 +42,14 @@ def cuda_present() -> bool:
     return torch.cuda.is_available()
 
 
+def default_workers() -> int:
+    """CPU cores this process may run on (respects affinity and container limits)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def place(device: str = "auto", dtype: str = "auto", threads: int = 1) -> Placement:
     """Resolve device/dtype choices. On CPU also fixes the torch thread count (one per worker)."""
     if device == "auto":
