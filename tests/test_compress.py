@@ -228,6 +228,14 @@ def test_corruption_is_detected(comp, text):
         decompress_bytes(comp, forged)
 
 
+def test_a_thread_count_the_header_cannot_hold_is_refused_before_coding(comp, monkeypatch):
+    """The header keeps the thread count in one byte: 256 is refused up front, not after coding."""
+    monkeypatch.setattr(lm.LMCoder, "encode", lambda *a, **k: pytest.fail("coded before validating"))
+    for threads in (0, 256, 1000):
+        with pytest.raises(UserError, match="between 1 and 255"):
+            compress_bytes(comp, b"some text", threads=threads)
+
+
 def test_files_appear_only_complete(trained, text, tmp_path):
     source = tmp_path / "in.txt"
     source.write_bytes(text[:1000])
@@ -277,6 +285,9 @@ def test_cli_round_trip_and_one_line_errors(run_cli, trained, tmp_path):
         (("compress", trained, source, packed), "already exists"),
         (("compress", tmp_path / "nomodel", source, tmp_path / "x5"), "checkpoint"),
         (("compress", trained, source, tmp_path / "x6", "--chunk-size", "100000"), "context"),
+        (("compress", trained, source, tmp_path / "x7", "--threads", "256"), "between 1 and 255"),
+        (("compress", trained, source, tmp_path / "x8", "--threads", "0"), "between 1 and 255"),
+        (("compress-bench", trained, source, "--threads", "300", "--db", tmp_path / "x9.db"), "between 1 and 255"),
     ]
     for args, message in cases:
         code, out, err = run_cli(*args)

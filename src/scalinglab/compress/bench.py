@@ -22,7 +22,7 @@ import numpy as np
 from scalinglab.compress import DEFAULT_BATCH
 from scalinglab.compress.archive import Compressor, compress_bytes, decompress_bytes, load_compressor, read_input
 from scalinglab.compress.baselines import NAMES, baseline_sizes, byte_chunks
-from scalinglab.compress.lm import chunk_lengths, deterministic, ideal_code_length
+from scalinglab.compress.lm import check_threads, chunk_lengths, deterministic, ideal_code_length
 from scalinglab.errors import UserError
 from scalinglab.model import count_params
 
@@ -121,6 +121,7 @@ def compress_bench(model: str | Path | Compressor, files: Sequence[str | Path], 
     paths = [Path(f) for f in files]
     if not paths:
         raise UserError("give at least one file to compress")
+    check_threads(settings.threads)
     for path in paths:
         if not path.is_file():
             raise UserError(f"input not found: {path}; give existing files")

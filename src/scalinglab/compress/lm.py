@@ -36,6 +36,14 @@ from scalinglab.errors import UserError
 
 # Memory a batch may take (key/value cache and the encoder's kept tables); the batch shrinks to fit.
 BATCH_BUDGET_BYTES = 1 << 30
+MAX_THREADS = 255  # the archive header stores the thread count in one byte
+
+
+def check_threads(threads: int) -> None:
+    """Refuse a thread count the archive cannot record (before any work is done)."""
+    if not 1 <= threads <= MAX_THREADS:
+        raise UserError(f"--threads must be between 1 and {MAX_THREADS} (the archive records it in one byte), "
+                        f"got {threads}")
 
 
 @dataclass(frozen=True)
@@ -65,8 +73,7 @@ class CodingSetup:
             )
         if self.batch_size < 1:
             raise UserError(f"--batch must be >= 1 chunk, got {self.batch_size}")
-        if self.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {self.threads}")
+        check_threads(self.threads)
         if not 0 <= self.prefix_token < model.cfg.vocab_size:
             raise UserError(f"prefix token {self.prefix_token} is outside the vocabulary of {model.cfg.vocab_size}")
 
