@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import json
 import lzma
 import math
 import zlib
@@ -21,6 +22,7 @@ from scalinglab.compress.prequential import prequential_code_length
 from scalinglab.compress.vsdata import compression_vs_data
 from scalinglab.config import ModelSpec, RunConfig, TrainConfig
 from scalinglab.corpus import CorpusConfig, prepare_corpus, split_bytes
+from scalinglab.errors import UserError
 from scalinglab.store import open_store
 from scalinglab.train import plan_run, read_loss_log, train_run
 from scalinglab.train.data import BatchSampler
@@ -140,6 +142,52 @@ def test_compression_vs_data_with_the_real_archive_from_run_directories(study):
     row = frame.iloc[0]
     assert row["archive_bpb"] > row["ideal_bpb"]
     assert row["archive_bytes"] * 8 - row["ideal_bits"] < 8 * 128 + 64  # the header and a few words
+
+
+def _tiny_run(source: Path, out: Path, store, *, tokens: int = 2048, kind: str = "train",
+              schedule: str = "wsd"):  # noqa: ANN001
+    cfg = RunConfig(corpus=CorpusConfig(source=str(source)), model=ModelSpec(size=None, n_layer=1, d_model=16, n_head=1),
+                    train=TrainConfig(tokens=tokens, batch_size=4, seq_len=64, eval_points=1, eval_tokens=512, lr=3e-3,
+                                      schedule=schedule, warmup=1))
+    corpus = prepare_corpus(cfg.corpus)
+    plan = plan_run(cfg, corpus, kind=kind)
+    train_run(plan, corpus, store, out)
+    return plan
+
+
+def test_analyses_refuse_a_corpus_other_than_the_one_the_run_trained_on(text_corpus, tmp_path, run_cli):
+    source = tmp_path / "corpus.txt"
+    source.write_bytes(Path(text_corpus).read_bytes())
+    store = open_store(tmp_path / "s.db")
+    _tiny_run(source, tmp_path / "run", store)
+    assert prequential_code_length(tmp_path / "run").steps == 8  # the untouched source is accepted
+    source.write_bytes(source.read_bytes().replace(b"alpha", b"omega"))  # the source changes after training
+    with pytest.raises(UserError, match="trained on corpus .* the source changed since training"):
+        prequential_code_length(tmp_path / "run", store=store)
+    with pytest.raises(UserError, match="trained on corpus"):
+        compression_vs_data(None, run_dirs=[tmp_path / "run"], max_bytes=1024)
+    code, out, err = run_cli("prequential", tmp_path / "run", "--db", tmp_path / "s.db")
+    assert code == 2 and "trained on corpus" in err and len(err.strip().splitlines()) == 1, err
+    assert store.results("prequential") == []  # nothing measured on the wrong data
+
+
+def test_compression_vs_data_measures_a_trunk_at_its_current_length(text_corpus, tmp_path, run_cli):
+    """A trunk records no total_steps (a longer study extends it): D is the step of its checkpoint,
+    and an extended trunk is measured again rather than read from the store."""
+    store = open_store(tmp_path / "s.db")
+    trunk = tmp_path / "trunk"
+    plan = _tiny_run(text_corpus, trunk, store, tokens=2048, kind="trunk", schedule="constant")
+    assert plan.extendable and "total_steps" not in json.loads((trunk / "config.json").read_text())["train"]
+    first = compression_vs_data(store, run_dirs=[trunk], max_bytes=1024).iloc[0]
+    assert first["d"] == 8 * 256 and first["step"] == 8 and first["kind"] == "trunk" and not first["cooled"]
+    _tiny_run(text_corpus, trunk, store, tokens=4096, kind="trunk", schedule="constant")  # the study grows
+    second = compression_vs_data(store, run_dirs=[trunk], max_bytes=1024).iloc[0]
+    assert second["d"] == 16 * 256 and second["ideal_bits"] != first["ideal_bits"]
+    assert len(store.results("compress-vs-data")) == 2
+    code, out, err = run_cli("compress-vs-data", "--run", trunk, "--db", tmp_path / "s.db", "--max-bytes", "1k",
+                             "--figure", tmp_path / "t.png")
+    assert code == 0, err
+    assert "not cooled down" in out and (tmp_path / "t.png").exists()
 
 
 def test_analysis_commands(run_cli, study, tmp_path):

@@ -62,7 +62,9 @@ def compress(
 ) -> None:
     """Compress INPUT losslessly with MODEL's next-token probabilities (range coding)."""
     from scalinglab.compress.archive import atomic_output, compress_bytes, load_compressor, read_input
+    from scalinglab.compress.lm import check_threads
 
+    check_threads(threads)
     data = read_input(input)
     with atomic_output(output, force=force, source=input) as fh:
         comp = load_compressor(model)
@@ -116,8 +118,10 @@ def compress_bench(
     """Model vs gzip/bzip2/xz/zstd/brotli: bits/byte, overhead, round trip, throughput."""
     from scalinglab.compress.bench import BenchProgress, BenchSettings
     from scalinglab.compress.bench import compress_bench as run_bench
+    from scalinglab.compress.lm import check_threads
     from scalinglab.store import open_store
 
+    check_threads(threads)
     store = open_store(db)
     settings = BenchSettings(chunk_size=chunk_size, batch_size=batch, threads=threads, device=device,
                              chunked_baselines=not no_chunked)
@@ -183,8 +187,9 @@ def compress_vs_data(
     )
     for _, r in frame.iterrows():
         archived = f", archive {r['archive_bpb']:.4f}" if r["archive_bytes"] else ""
+        warm = "" if r["cooled"] else f"  ({r['kind']} at step {r['step']:,}: not cooled down)"
         console.print(f"N={r['n']:>12,.0f}  D={r['d']:>14,.0f}  ({r['tokens_per_param']:8.1f} tok/param)  "
-                      f"{split} {r['ideal_bpb']:.4f} bits/byte{archived}", highlight=False)
+                      f"{split} {r['ideal_bpb']:.4f} bits/byte{archived}{warm}", highlight=False)
     first = frame.iloc[0]
     console.print(f"gzip -9 {first['gzip-9_bpb']:.4f}, xz -9 {first['xz-9_bpb']:.4f} bits/byte on the same "
                   f"{first['bytes']:,} bytes", highlight=False)

@@ -5,54 +5,41 @@ from __future__ import annotations
 from pathlib import Path
 
 from scalinglab.compress.prequential import PrequentialResult
-from scalinglab.errors import UserError
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str | Path) -> Path:  # noqa: ANN001
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-    except OSError as exc:
-        raise UserError(f"cannot write the figure {path}: {exc.strerror}; choose another --figure path") from None
-    finally:
-        _pyplot().close(fig)
-    return path
+from scalinglab.report.figures import pyplot, save
 
 
 def plot_compression_vs_data(frame, path: str | Path) -> Path:  # noqa: ANN001 - DataFrame from compression_vs_data
     """Test-split bits/byte against training tokens D, a line per N, gzip -9 and xz -9 for scale."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for n, part in frame.sort_values("d").groupby("n"):
-        ax.plot(part["d"], part["ideal_bpb"], "o-", label=f"N = {n:,.0f} (ideal)")
-        if part["archive_bpb"].notna().any():
-            ax.plot(part["d"], part["archive_bpb"], "x", color=ax.lines[-1].get_color(), label=f"N = {n:,.0f} (archive)")
+    # rows stored before trunks could be measured carry no "cooled" column: they are branches
+    cooled = frame["cooled"].fillna(True).astype(bool) if "cooled" in frame else True
+    for n, part in frame.assign(cooled=cooled).sort_values("d").groupby("n"):
+        done, trunk = part[part["cooled"]], part[~part["cooled"]]
+        color = None
+        if len(done):
+            color = ax.plot(done["d"], done["ideal_bpb"], "o-", label=f"N = {n:,.0f} (ideal)")[0].get_color()
+            if done["archive_bpb"].notna().any():
+                ax.plot(done["d"], done["archive_bpb"], "x", color=color, label=f"N = {n:,.0f} (archive)")
+        if len(trunk):  # constant learning rate, never cooled down: not on the same curve
+            ax.plot(trunk["d"], trunk["ideal_bpb"], "o", mfc="none", color=color,
+                    label=f"N = {n:,.0f} (not cooled down)")
     for name, style in (("gzip-9", ":"), ("xz-9", "--")):
         ax.axhline(frame[f"{name}_bpb"].iloc[0], color="grey", linestyle=style, label=f"{name} (whole split)")
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(_pyplot().NullFormatter())  # minor labels collide on short ranges
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide on short ranges
     ax.set_xlabel("training tokens D")
     ax.set_ylabel(f"{frame['split'].iloc[0]} split, bits per byte")
-    ax.set_title("At fixed N, more data makes a better compressor")
+    ax.set_title("Held-out code length against training tokens D, by model size N")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_prequential(result: PrequentialResult, path: str | Path) -> Path:
     """Left: cumulative prequential code length against gzip -9 and xz -9 of the same stream.
     Right: the training loss in bits/byte, whose area is the code length."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     tokens = result.curve_tokens
     bytes_per_token = result.bytes / result.tokens
@@ -76,4 +63,4 @@ def plot_prequential(result: PrequentialResult, path: str | Path) -> Path:
     right.set_title("Compression = area under the loss curve")
     right.legend(fontsize=8)
     right.grid(alpha=0.3, which="both")
-    return _save(fig, path)
+    return save(fig, path)

@@ -33,8 +33,22 @@ class RunInfo:
         return int(self.config.get("init_from_step") or 0)
 
     def corpus(self, cache_dir: Path | None = None) -> PreparedCorpus:
-        """The run's prepared corpus (found in the cache, or prepared again from its source)."""
-        return prepare_corpus(CorpusConfig(**self.config["corpus"]), cache_dir)
+        """The run's prepared corpus (found in the cache, or prepared again from its source).
+
+        Refuses a corpus other than the one the run trained on: the run records the prepared
+        corpus's key (content hash, tokenizer, split), and a source that changed since training,
+        or a run trained on a derived corpus (a probe's subset or junk copy), gives another key.
+        """
+        prepared = prepare_corpus(CorpusConfig(**self.config["corpus"]), cache_dir)
+        recorded = self.config.get("corpus_key")
+        if recorded and prepared.key != recorded:
+            source = self.config["corpus"].get("source")
+            raise UserError(
+                f"run {self.run_id} trained on corpus {recorded}, but its corpus config (source {source!r}) now "
+                f"prepares corpus {prepared.key}: the source changed since training, or the run trained on a "
+                "derived corpus that cannot be rebuilt here; restore the original source or analyse another run"
+            )
+        return prepared
 
 
 def run_info(out_dir: str | Path) -> RunInfo:

@@ -3,7 +3,10 @@
 A study trains, for each model size N, cooldown branches that end at many data sizes D (store rows
 with kind "branch", the study's name as group, points whose `tokens` are D, and each branch's
 `out_dir/last.pt`). Each branch is a finished model; coding the held-out test split with it
-measures the compressor that D tokens of training made. The ideal code length (-sum log2 p with
+measures the compressor that D tokens of training made. D is the step of the checkpoint measured
+(the run's DONE marker, else its last checkpoint) times the batch's tokens. A trunk given with
+`--run` is measured at its current length; it is never cooled down, so its rows are marked
+(`cooled` false) and drawn apart. The ideal code length (-sum log2 p with
 the compressor's chunking) comes from the plain forward; optionally the real archive is written
 too, which adds the coder's overhead (about 0.1%) at the incremental path's speed.
 
@@ -39,6 +42,37 @@ class Target:
     info: RunInfo
     n: int  # non-embedding parameters
     d: int  # training tokens (a branch counts its trunk's)
+    step: int  # the step of the checkpoint measured
+    final: bool  # the last step of a fixed-length run: its id alone names the model
+
+    @property
+    def cooled(self) -> bool:
+        """Whether the learning rate was decayed before this checkpoint (a trunk's never is)."""
+        schedule = self.info.train.get("schedule")
+        schedule = schedule.get("kind") if isinstance(schedule, dict) else schedule
+        return self.final and self.info.config.get("kind") != "trunk" and schedule != "constant"
+
+
+def _checkpoint_step(info: RunInfo) -> tuple[int, bool]:
+    """The step of the run's last.pt, and whether it ends a fixed-length run. Trunks record no
+    total_steps (a longer study extends them), so the step comes from the DONE marker, or else
+    from the checkpoint itself."""
+    done = info.out_dir / "DONE"
+    step = None
+    if done.exists():
+        try:
+            step = int(json.loads(done.read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            step = None  # unreadable marker: the checkpoint says
+    if step is None:
+        from scalinglab.train.checkpoint import load_checkpoint
+
+        try:
+            step = int(load_checkpoint(info.out_dir / "last.pt")["step"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{info.out_dir / 'last.pt'} records no training step; give a scalinglab run") from None
+    total = info.train.get("total_steps")
+    return step, done.exists() and total is not None and step == int(total)
 
 
 def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n: int | None) -> list[Target]:  # noqa: ANN001
@@ -56,8 +90,8 @@ def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n:
         if not (info.out_dir / "last.pt").exists():
             raise UserError(f"{info.out_dir} has no last.pt; finish the run first")
         n_run = count_params(ModelConfig(**info.config["model"])).non_embedding
-        d_run = int(info.train["total_steps"]) * info.batch_tokens
-        targets.append(Target(info, n_run, d_run))
+        step, final = _checkpoint_step(info)
+        targets.append(Target(info, n_run, step * info.batch_tokens, step, final))
     if n is not None:
         sizes = sorted({t.n for t in targets})
         targets = [t for t in targets if t.n == n]
@@ -84,7 +118,7 @@ def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence
     rows = []
     for target in targets:
         info = target.info
-        corpus_id = json.dumps(info.config["corpus"], sort_keys=True)
+        corpus_id = json.dumps([info.config["corpus"], info.config.get("corpus_key")], sort_keys=True)
         if corpus_id not in data_cache:
             data = split_bytes(info.corpus(cache_dir), split)[: max_bytes or None]
             if not data:
@@ -94,7 +128,9 @@ def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence
         data, classical = data_cache[corpus_id]
         chunk = chunk_size or int(info.train["seq_len"])  # the compressor's default: the training context
         data_hash = hashlib.sha256(data).hexdigest()[:16]
-        key = f"{info.run_id}:{split}:{data_hash}:c{chunk}:{'archive' if archive else 'ideal'}"
+        # a trunk or an unfinished run keeps its id as it trains on: the step names the model
+        model_id = info.run_id if target.final else f"{info.run_id}@{target.step}"
+        key = f"{model_id}:{split}:{data_hash}:c{chunk}:{'archive' if archive else 'ideal'}"
         row = store.get_result(KIND, key) if store is not None else None
         if row is None:
             if progress:
@@ -104,7 +140,8 @@ def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence
             with deterministic(1):
                 bits = ideal_code_length(comp.model, tokens, chunk, comp.prefix_token, batch_size=16)
             row = {
-                "run_id": info.run_id, "group": group, "out_dir": str(info.out_dir), "n": target.n, "d": target.d,
+                "run_id": info.run_id, "group": group, "out_dir": str(info.out_dir), "kind": info.config.get("kind"),
+                "step": target.step, "cooled": target.cooled, "n": target.n, "d": target.d,
                 "tokens_per_param": target.d / target.n, "split": split, "bytes": len(data), "tokens": len(tokens),
                 "chunk_size": chunk, "ideal_bits": bits, "ideal_bpb": bits / len(data),
                 "gzip-9_bpb": classical["gzip-9"], "xz-9_bpb": classical["xz-9"],
@@ -116,5 +153,6 @@ def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence
                 row["archive_bpb"] = 8 * len(packed) / len(data)
             if store is not None:
                 store.put_result(KIND, key, row, run_id=info.run_id)
-        rows.append(row)
+        # results stored before these columns existed
+        rows.append({"kind": info.config.get("kind"), "step": target.step, "cooled": target.cooled, **row})
     return pd.DataFrame(rows)
