@@ -17,7 +17,6 @@ Python standard library source), then on each test file reports
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from scalinglab.compress.archive import load_compressor
 from scalinglab.compress.bench import BenchProgress, BenchSettings, compress_bench
 from scalinglab.config import ModelSpec, RunConfig, TrainConfig
 from scalinglab.corpus import CorpusConfig, prepare_corpus, split_bytes
+from scalinglab.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from scalinglab.model import count_params
 from scalinglab.progress import RichReporter
 from scalinglab.store import open_store
@@ -89,7 +89,7 @@ def test_files(workdir: Path, max_bytes: int) -> list[Path]:
     paths = []
     for name, data in sources.items():
         path = folder / name
-        path.write_bytes(data)
+        atomic_write_bytes(path, data)
         paths.append(path)
     return paths
 
@@ -115,7 +115,7 @@ def main() -> None:
     comp = load_compressor(model_dir)
     settings = BenchSettings(chunk_size=args.chunk_size, batch_size=args.batch, threads=1, device="cpu")
     frame = compress_bench(comp, files, settings, Progress(), store=open_store(args.workdir / "store.db"))
-    frame.to_csv(args.workdir / "results.csv", index=False)
+    atomic_write_text(args.workdir / "results.csv", frame.to_csv(index=False))
 
     print(f"\nCPU, 1 thread, chunk {frame['chunk_size'].iloc[0]} tokens, batch {frame['batch_size'].iloc[0]} chunks; "
           f"bits per byte (header included in 'actual')")
@@ -153,7 +153,7 @@ def main() -> None:
           f"{'PASS' if slowest >= TARGET_BPS else 'MISS'}")
     print(f"  GPU: {gpu_line(comp, files[0])}")
     summary = {"files": len(frame), "worst_overhead": worst, "slowest_Bps": slowest}
-    (args.workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(args.workdir / "summary.json", summary, indent=2)
 
 
 def gpu_line(comp, path: Path) -> str:  # noqa: ANN001

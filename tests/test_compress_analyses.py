@@ -201,6 +201,17 @@ def test_analysis_commands(run_cli, study, tmp_path):
     assert out.count("bits/byte") >= 2 and (tmp_path / "v.png").exists()
     code, out, err = run_cli("compress-vs-data", "--group", "nothing-here", "--db", db)
     assert code == 2 and "no finished branch runs" in err
+    sample = tmp_path / "sample.txt"
+    sample.write_bytes(b"for item in range(3):\n    total += item\n" * 12)
+    table = tmp_path / "tables" / "bench.csv"
+    args = ("compress-bench", dirs[0], sample, "--batch", "4", "--no-chunked", "--quiet", "--db", tmp_path / "b.db")
+    code, out, err = run_cli(*args, "--csv", table)
+    assert code == 2 and "cannot write" in err and len(err.strip().splitlines()) == 1, err
+    table.parent.mkdir()
+    code, out, err = run_cli(*args, "--csv", table)
+    assert code == 0, err
+    assert [p.name for p in table.parent.iterdir()] == ["bench.csv"]  # written whole, no temporary file left
+    assert table.read_text().splitlines()[0].startswith("file,bytes,")
 
 
 def _corpus_of(run: Path) -> str:

@@ -131,8 +131,10 @@ def compress_bench(
         frame = run_bench(model, files, settings, progress, store=store)
     console.print(bench_table(frame))
     if csv is not None:
+        from scalinglab.fsutil import atomic_write_text
+
         try:
-            frame.to_csv(csv, index=False)
+            atomic_write_text(csv, frame.to_csv(index=False))
         except OSError as exc:
             raise UserError(f"cannot write {csv}: {exc.strerror}; check the path") from None
     console.print(f"recorded {len(frame)} result(s) in {db}", highlight=False)
