@@ -5,6 +5,18 @@ cooldown branches of one trunk are correlated; resampling them as independent po
 the intervals too narrow). It is represented by a weight per point, how often the point was drawn,
 so no data are copied.
 
+Runs are resampled only when there are at least MIN_RUNS of them. With g runs there are only
+C(2g-1, g) distinct resamples (10 for 3 runs, 126 for 5, 92,378 for 10), so with few runs the
+2.5% tails are set by a handful of outcomes, and many of them repeat one or two model sizes;
+cluster resampling is known to give unreliable intervals with few clusters (Cameron, Gelbach &
+Miller 2008). Below that, "auto" resamples points and says so in the result's warnings.
+
+A resample that cannot identify the form is drawn again (`redrawn` counts them): one with fewer
+distinct values of a variable than the form's terms need (Form.distinct_needed: 3 distinct N for
+the free A/N^α of the Chinchilla law, since E absorbs the level), or with fewer distinct points
+than free parameters. Its optimum would lie anywhere along a valley of equal objective, which
+says nothing about the data. The rule never asks more of a resample than the full data hold.
+
 Every resample is refitted from the full-data optimum (a warm start: resampling moves the optimum
 a little) by a Levenberg-Marquardt/IRLS solver that moves all resamples at once
 (objective.refit_batch), instead of one L-BFGS call per resample. Three checks keep that honest:
@@ -37,6 +49,8 @@ if TYPE_CHECKING:
 
 BLOCK = 200  # resamples solved together; progress is reported per block
 CHECKED = 8  # resamples refitted with L-BFGS-B as well, as a check
+MIN_RUNS = 10  # fewest runs for resampling runs (see the module doc)
+MAX_DRAWS = 50  # give up when fewer than about 1 resample in MAX_DRAWS identifies the form
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,8 @@ class Bootstrap:
     switched: int  # resamples where the grid found a better basin than the warm start
     check_gap: float  # largest relative objective gap, batched solver vs L-BFGS-B, on a few resamples
     seconds: float
+    redrawn: int = 0  # resamples drawn again because they could not identify the form
+    warnings: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.params)
@@ -57,7 +73,8 @@ class Bootstrap:
     def summary(self) -> dict:
         return {"resamples": len(self), "by": self.by, "groups": self.n_groups, "seed": self.seed,
                 "not_converged": int((~self.converged).sum()), "switched_basin": self.switched,
-                "check_gap": self.check_gap, "seconds": self.seconds}
+                "redrawn": self.redrawn, "check_gap": self.check_gap, "seconds": self.seconds,
+                "warnings": list(self.warnings)}
 
 
 def resample_weights(groups: np.ndarray | None, n_points: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,6 +85,52 @@ def resample_weights(groups: np.ndarray | None, n_points: int, n_resamples: int,
     counts = np.zeros((n_resamples, n_groups))
     np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
     return counts[:, codes]
+
+
+def identifying_weights(groups: np.ndarray | None, n_points: int, n_resamples: int, rng: np.random.Generator,
+                        accept: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
+    """Like `resample_weights`, but every resample `accept` rejects is drawn again.
+
+    Returns (weights, how many resamples were redrawn). The first draw is `resample_weights`'s, so
+    a seed gives the same resamples as before wherever none is rejected."""
+    weights = resample_weights(groups, n_points, n_resamples, rng)
+    bad = np.flatnonzero(~accept(weights))
+    redrawn, drawn = bad.size, n_resamples
+    while bad.size:
+        if drawn > MAX_DRAWS * n_resamples:
+            raise UserError(
+                f"fewer than 1 in {MAX_DRAWS} bootstrap resamples of these {'runs' if groups is not None else 'points'} can identify "
+                f"the form (too few distinct values of a variable); use --by points, add runs or points, or --bootstrap 0"
+            )
+        fresh = resample_weights(groups, n_points, max(2 * bad.size, 64), rng)
+        drawn += len(fresh)
+        fresh = fresh[accept(fresh)][: bad.size]
+        weights[bad[: len(fresh)]] = fresh
+        bad = bad[len(fresh):]
+    return weights, int(redrawn)
+
+
+def identifies(form: Form, X: Mapping[str, np.ndarray], fixed: Mapping[str, float] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """A test of resample weights (B, n) -> (B,) bool: does the resample hold enough distinct values
+    of each variable (Form.distinct_needed) and enough distinct points (the free parameters) to
+    identify `form`? Never stricter than the full data: a need is capped at what they hold."""
+    free = len(form.params) - len(fixed or {})
+    rows = np.stack([np.asarray(X[v], dtype=float) for v in form.variables], axis=1)
+    checks = [(np.unique(rows, axis=0, return_inverse=True)[1].ravel(), free)]
+    for var, need in form.distinct_needed(fixed).items():
+        checks.append((np.unique(np.asarray(X[var], dtype=float), return_inverse=True)[1].ravel(), need))
+    checks = [(codes, min(need, int(codes.max()) + 1)) for codes, need in checks]
+    checks = [(codes, need) for codes, need in checks if need > 1]
+
+    def accept(weights: np.ndarray) -> np.ndarray:
+        ok = np.ones(len(weights), dtype=bool)
+        for codes, need in checks:
+            held = np.zeros((len(weights), int(codes.max()) + 1))
+            np.add.at(held, (np.arange(len(weights))[:, None], codes[None, :]), weights)
+            ok &= (held > 0).sum(axis=1) >= need
+        return ok
+
+    return accept
 
 
 def run_bootstrap(
@@ -88,14 +151,26 @@ def run_bootstrap(
     data = result.data
     if by == "runs" and data.groups is None:
         raise UserError("--by runs needs to know each point's run: give --group-col (the store provides it)")
-    use_groups = data.groups is not None and by in ("auto", "runs") and data.n_groups < len(data)
+    warnings: list[str] = []
+    correlated = data.groups is not None and data.n_groups < len(data)  # some run has several points
+    use_groups = correlated and (by == "runs" or (by == "auto" and data.n_groups >= MIN_RUNS))
+    if correlated and by == "auto" and not use_groups:
+        warnings.append(
+            f"only {data.n_groups} runs (the points of a trunk's branches count as one run): too few to resample runs "
+            f"(it takes {MIN_RUNS}), so the bootstrap resampled points; points of one run are correlated, so the "
+            f"intervals are likely too narrow"
+        )
     groups = data.groups if use_groups else None
     n_groups = data.n_groups if use_groups else len(data)
     if n_groups < 3:
         raise UserError(f"only {n_groups} runs to resample; the bootstrap needs several (use --by points, or add runs)")
     started = time.perf_counter()
-    weights = resample_weights(groups, len(data), n_resamples, np.random.default_rng(seed))
     form, X, fixed = result.form, data.X(result.form), dict(result.fixed)
+    weights, redrawn = identifying_weights(groups, len(data), n_resamples, np.random.default_rng(seed), identifies(form, X, fixed))
+    if use_groups and data.n_groups < MIN_RUNS:
+        distinct = len(np.unique(weights, axis=0))
+        warnings.append(f"resampled {data.n_groups} runs as asked (--by runs): with fewer than {MIN_RUNS} runs the intervals "
+                        f"are coarse (the {n_resamples} resamples that identify the form are only {distinct} distinct draws of runs)")
     base = Objective(form, X, data.loss, result.robust, fixed=fixed)
     z = np.empty((n_resamples, result.z.size))
     values = np.empty(n_resamples)
@@ -129,7 +204,8 @@ def run_bootstrap(
     return Bootstrap(
         params=pd.DataFrame({k: np.asarray(natural[k], dtype=float) for k in form.params}),
         objective=values, converged=ok, by="runs" if use_groups else "points", n_groups=n_groups, seed=seed,
-        switched=switched, check_gap=check_gap, seconds=time.perf_counter() - started,
+        switched=switched, check_gap=check_gap, seconds=time.perf_counter() - started, redrawn=redrawn,
+        warnings=tuple(warnings),
     )
 
 

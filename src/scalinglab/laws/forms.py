@@ -109,6 +109,13 @@ class Form:
     def bounds(self) -> list[tuple[float, float]]:
         return [LOG_COEF_BOUNDS if k in self.positive else EXPONENT_BOUNDS for k in self.params]
 
+    def distinct_needed(self, fixed: Mapping[str, float] | None = None) -> dict[str, int]:
+        """The fewest distinct values of each variable that can pin the free parameters down.
+
+        The generic rule: a variable the form depends on needs two values for any of that
+        dependence to be seen. Forms with known structure say more (PowerLawSum)."""
+        return {v: 2 for v in self.variables}
+
     def default_start(self, X: Mapping[str, Array], loss: Array) -> dict[str, float]:
         """A plausible starting point for multistart (coefficients of the loss's own scale)."""
         return {k: (float(np.min(loss)) / 2 if k == "E" else 1.0 if k in self.positive else 0.3) for k in self.params}
@@ -139,6 +146,9 @@ class PowerLawSum(Form):
             basis=self._basis,
             assemble=self._assemble,
         )
+
+    def distinct_needed(self, fixed=None):
+        return power_terms_need(self.terms, fixed)
 
     def centred(self, X: Mapping[str, Array]) -> "PowerLawSum":
         """The same form with internal coordinates centred on the data's geometric means."""
@@ -209,6 +219,19 @@ class PowerLawSum(Form):
             # the term carries about half the reducible loss at the median of its variable
             start[coef] = float(np.min(loss)) / 2 * float(np.median(X[var])) ** 0.3
         return start
+
+
+def power_terms_need(terms, fixed: Mapping[str, float] | None = None) -> dict[str, int]:
+    """Distinct values each variable needs for E + Σ C_j·X_j^(-e_j). While E is free, a term is
+    seen only through the differences between distinct values of its variable (E absorbs the
+    level), so it needs one value more than its free parameters: 3 with C_j and e_j free. With E
+    fixed, as many values as free parameters; at least 1."""
+    fixed = fixed or {}
+    need: dict[str, int] = {}
+    for coef, exp, var in terms:
+        free = (coef not in fixed) + (exp not in fixed)
+        need[var] = max(1, free + (1 if free and "E" not in fixed else 0))
+    return need
 
 
 def chinchilla() -> PowerLawSum:
@@ -308,6 +331,10 @@ class DataConstrained(Form):
         N, D, U = (np.asarray(X[k], dtype=float) for k in ("N", "D", "U"))
         n_eff, d_eff = effective_params_data(p, N, D, U)
         return p["E"] + p["A"] / n_eff ** p["alpha"] + p["B"] / d_eff ** p["beta"]
+
+    def distinct_needed(self, fixed=None):
+        # The Chinchilla core's needs; U may be the same for every point (R_D* is seen through D/U).
+        return {**power_terms_need([("A", "alpha", "N"), ("B", "beta", "D")], fixed), "U": 1}
 
     def default_start(self, X, loss):
         return {"E": float(np.min(loss)) / 2, "A": 400.0, "alpha": 0.34, "B": 400.0, "beta": 0.3, "RD_star": 15.0, "RN_star": 5.0}

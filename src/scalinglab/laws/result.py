@@ -62,7 +62,7 @@ class FitResult:
         )
 
     def with_bootstrap(self, boot: "Bootstrap") -> "FitResult":
-        return replace(self, bootstrap=boot)
+        return replace(self, bootstrap=boot, warnings=self.warnings + tuple(w for w in boot.warnings if w not in self.warnings))
 
     # -- intervals -------------------------------------------------------------------------
     def intervals(self, level: float = 0.95) -> "pd.DataFrame":
