@@ -63,29 +63,88 @@ def test_a_saved_fit_plans_with_intervals(run_cli, csv, tmp_path):
     assert "95% interval" in out and "tokens per parameter" in out
 
 
-def test_fit_reads_the_store_and_resamples_trunks(run_cli, tmp_path):
+VOCAB_TERM = 64 * 256  # d_model · vocab: the output layer, counted in the store's FLOPs but not in N
+
+
+@pytest.fixture
+def study_db(tmp_path):
+    """A store as a study and probes leave it: constant-LR trunks evaluated at every milestone,
+    a cooldown branch per milestone (evaluated mid-cooldown and at its end), a `train` run with
+    intermediate evaluations, probe runs, and an unfinished run."""
     db = tmp_path / "s.db"
     store = open_store(db)
+    truth = laws.HOFFMANN_2022
+
+    def run(run_id, n, kind, **fields):
+        store.upsert_run(run_id, kind=kind, status=fields.pop("status", "done"), n_nonembedding=int(n), n_total=int(n * 1.2),
+                         group_name="study", flops_per_token=6 * (n + VOCAB_TERM), **fields)
+
+    def point(run_id, n, step, d, loss):
+        store.add_point(run_id, step=step, tokens=float(d), flops=6 * (n + VOCAB_TERM) * float(d), val_loss=float(loss))
+
     for i, n in enumerate(SIZES):
         trunk = f"trunk{i}"
-        store.upsert_run(trunk, kind="trunk", status="done", n_nonembedding=int(n), n_total=int(n * 1.2), group_name="study")
-        for j, d in enumerate(TOKENS):  # one cooldown branch per D milestone, all from the same trunk
+        run(trunk, n, "trunk")
+        for j, d in enumerate(TOKENS):
+            point(trunk, n, 100 * j, d, truth.predict(N=n, D=d) * 1.08)  # constant LR: never cooled down
             branch = f"{trunk}-b{j}"
-            store.upsert_run(branch, kind="branch", status="done", parent_run=trunk, n_nonembedding=int(n),
-                             n_total=int(n * 1.2), group_name="study")
-            loss = float(laws.HOFFMANN_2022.predict(N=n, D=d)) * float(np.exp(0.004 * np.sin(7 * i + j)))
-            store.add_point(branch, step=j, tokens=float(d), flops=6 * n * d, val_loss=loss)
-    code, out, err = run_cli("fit", "--db", db, "--group", "study", "--bootstrap", "50")
-    assert code == 0, err
-    assert "resamples over runs" in out
-    saved = open_store(db).get_result("fit", "chinchilla:study:nonembedding")
-    assert saved["n_groups"] == len(SIZES) and saved["bootstrap"]["by"] == "runs" and len(saved["samples"]["E"]) == 50
-    code, out, err = run_cli("plan", "--db", db, "--law", "store:chinchilla:study:nonembedding", "--params", "1e9", "--tokens", "1e11")
-    assert code == 0, err
-    assert "multiple of the compute-optimal D" in out
+            run(branch, n, "branch", parent_run=trunk)
+            point(branch, n, 100 * j + 50, d * 0.9, truth.predict(N=n, D=d * 0.9) * 1.04)  # mid-cooldown
+            point(branch, n, 100 * j + 99, d, truth.predict(N=n, D=d) * float(np.exp(0.004 * np.sin(7 * i + j))))
+    n = 2 * SIZES[2]
+    run("solo", n, "train")
+    for step, d in enumerate(TOKENS[1:]):  # intermediate evaluations of one schedule, then its end
+        point("solo", n, step, d, truth.predict(N=n, D=d) * (1.0 if d == TOKENS[-1] else 1.3))
+    run("probe-rep", SIZES[1], "probe:repetition")
+    run("probe-grok", 3e5, "probe-grokking")
+    run("unfinished", SIZES[3], "branch", status="running")
+    for step, d in enumerate(TOKENS):
+        point("probe-rep", SIZES[1], step, d, 7.0)
+        point("probe-grok", 3e5, step, d, 0.01)
+        point("unfinished", SIZES[3], step, d, 5.0)
+    return db
 
 
-def test_plan_answers_the_anchor_questions(run_cli):
+def test_fit_from_the_store_uses_the_final_point_of_each_annealed_run(study_db):
+    frame = laws.store_frame(study_db, group="study")
+    # 25 branches and the train run, one point each: no trunk, mid-cooldown, intermediate or probe point
+    assert len(frame) == len(SIZES) * len(TOKENS) + 1
+    ratio = frame["loss"] / laws.HOFFMANN_2022.predict(N=frame["N"], D=frame["D"])
+    assert np.abs(np.log(ratio)).max() < 0.005
+    assert sorted(frame["group"].unique()) == sorted([f"trunk{i}" for i in range(len(SIZES))] + ["solo"])
+    assert "final point" in frame.attrs["selection"] and "trunk and probe runs left out" in frame.attrs["selection"]
+    wide = laws.store_frame(study_db, group="study", selection=laws.Selection(kinds=("trunk", "branch"), all_points=True))
+    assert len(wide) == len(SIZES) * len(TOKENS) * 3  # every trunk and branch point
+    probes = laws.store_frame(study_db, selection=laws.Selection(kinds=("probe*",)))
+    assert sorted(probes["loss"]) == [0.01, 7.0]
+
+
+def test_fit_reads_the_store_and_says_which_points_and_how_it_resampled(run_cli, study_db):
+    code, out, err = run_cli("fit", "--db", study_db, "--group", "study", "--bootstrap", "50")
+    assert code == 0, err
+    assert f"{len(SIZES) * len(TOKENS) + 1} points from" in out
+    assert "points: the final point of each finished run of kind train, branch, cosine, wsd (trunk and probe runs left out" in out
+    assert "resamples over points" in out and "only 6 runs" in out  # 5 trunks and a train run: too few to resample runs
+    assert "C = 6·N·D" in out and "stored FLOPs are" in out
+    saved = open_store(study_db).get_result("fit", "chinchilla:study:nonembedding")
+    assert saved["n_points"] == 26 and saved["bootstrap"]["by"] == "points" and len(saved["samples"]["E"]) == 50
+    assert "final point" in saved["data"]["selection"]
+    code, out, err = run_cli("plan", "--db", study_db, "--law", "store:chinchilla:study:nonembedding", "--params", "1e9", "--tokens", "1e11")
+    assert code == 0, err
+    assert "multiple of the compute-optimal D" in out and "C = 6·N·D" in out
+
+    code, out, err = run_cli("fit", "--db", study_db, "--group", "study", "--kind", "trunk", "--kind", "branch",
+                             "--all-points", "--bootstrap", "30", "--by", "runs", "--json")
+    assert code == 0, err
+    wide = json.loads(out)
+    assert wide["n_points"] == 75 and wide["bootstrap"]["by"] == "runs" and "every point" in wide["data"]["selection"]
+    assert open_store(study_db).get_result("fit", "chinchilla:study:nonembedding:kinds=trunk+branch:all-points")
+
+    code, out, err = run_cli("fit", "--db", study_db, "--kind", "cosine")
+    one_line_error(code, err, "no finished points of kind cosine", "kinds present: branch, probe-grokking, probe:repetition, train, trunk", "--kind")
+
+
+def test_plan_answers_the_published_questions(run_cli):
     code, out, err = run_cli("plan", "--flops", "5.76e23")
     assert code == 0, err
     assert "58.9" in out and "hoffmann2022" in out
@@ -100,6 +159,46 @@ def test_plan_answers_the_anchor_questions(run_cli):
     assert code == 0, err
     q = json.loads(out)["quantities"]
     assert q["epochs"]["estimate"] == pytest.approx(9.1, abs=0.15) and json.loads(out)["law"] == "muennighoff2023"
+
+
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        ("[1, 2]", ["holds a JSON array, not an object"]),
+        ('["form", "params"]', ["holds a JSON array"]),
+        ('"chinchilla"', ["holds a JSON string"]),
+        ("5", ["holds a JSON number"]),
+        ("null", ["holds a JSON null"]),
+        ('{"form": "chinchilla", "params": [1, 2]}', ["'params' must be an object", "not a JSON array"]),
+        ('{"form": 3, "params": {}}', ["'form' must be a form name"]),
+        ('{"form": "chinchilla", "params": {"E": "big", "A": 1, "alpha": 0.3, "B": 1, "beta": 0.3}}', ["parameter 'E' is 'big'"]),
+        ('{"form": "chinchilla", "params": {"E": {"lo": 1}, "A": 1, "alpha": 0.3, "B": 1, "beta": 0.3}}', ["parameter 'E' is None"]),
+        ('{"form": "chinchilla", "params": {"E": 1.7, "A": 400, "alpha": 0.3, "B": 400, "beta": 0.3}, "samples": {"E": [1]}}', ["'samples' must hold"]),
+        ('{"form": "chinchilla", "params": {"E": 1.7, "A": 400, "alpha": 0.3, "B": 400, "beta": 0.3}, '
+         '"samples": {"E": [1, "x"], "A": [1, 2], "alpha": [1, 2], "B": [1, 2], "beta": [1, 2]}}', ["'samples' are not lists of numbers"]),
+        ('{"form": "chinchilla", "params": {"E": 1.7}}', ["parameters ['A', 'alpha', 'B', 'beta'] missing"]),
+        ("{not json", ["cannot read", "as JSON"]),
+    ],
+)
+def test_plan_with_a_law_file_that_is_not_a_saved_fit_is_one_line_and_exit_2(run_cli, tmp_path, content, needles):
+    path = tmp_path / "law.json"
+    path.write_text(content)
+    code, out, err = run_cli("plan", "--law", path, "--flops", "1e21")
+    one_line_error(code, err, *needles)
+
+
+def test_plan_and_fit_state_the_compute_convention(run_cli, csv):
+    code, out, err = run_cli("plan", "--flops", "1e21")
+    assert code == 0, err
+    assert "compute: C = 6·N·D training FLOPs" in out and "6(N + d_model·vocab)" in out
+    code, out, err = run_cli("plan", "--flops", "1e21", "--json")
+    assert json.loads(out)["compute_convention"].startswith("C = 6·N·D")
+    code, out, err = run_cli("fit", csv, "--n-col", "params", "--loss-col", "val", "--flops-col", "flops", "--bootstrap", "0")
+    assert code == 0, err
+    assert "compute: C = 6·N·D" in out and "D was derived from --flops-col flops as C/(6N)" in out
+    code, out, err = run_cli("fit", csv, "--n-col", "params", "--loss-col", "val", "--bootstrap", "0", "--form", "params", "--d-col", "D")
+    assert code == 0, err
+    assert "compute:" not in out  # L(N) says nothing about compute
 
 
 def test_fixed_parameters_are_held_and_shown(run_cli, csv):
@@ -130,6 +229,7 @@ def test_a_fit_that_does_not_converge_is_flagged(run_cli, csv, monkeypatch):
         (["fit", "--db", "{tmp}/none.db"], ["no results store"]),
         (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--fix", "alpha"], ["NAME=VALUE"]),
         (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--fix", "gamma=1"], ["cannot fix ['gamma']"]),
+        (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--kind", "trunk"], ["--kind and --all-points choose points from the results store"]),
         (["plan"], ["nothing to plan"]),
         (["plan", "--law", "gopher", "--flops", "1e21"], ["unknown law"]),
         (["plan", "--flops", "lots"], ["cannot read 'lots'"]),

@@ -18,6 +18,8 @@ def fit(
     source: Optional[Path] = typer.Argument(None, help="CSV or Parquet table; omit it to fit the results store (--db)."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store to read when no table is given."),
     group: Optional[str] = typer.Option(None, help="Store input: only the runs of this study/group."),
+    kind: list[str] = typer.Option([], "--kind", help="Store input: runs of this kind (repeatable; fnmatch patterns such as 'probe:*'). Default: train, branch, cosine, wsd."),
+    all_points: bool = typer.Option(False, "--all-points", help="Store input: every evaluation point of those runs, not only each run's final one."),
     form: str = typer.Option("chinchilla", help="chinchilla | data (L(D), fixed N) | params (L(N)) | kaplan | data-constrained."),
     n_col: str = typer.Option("N", help="Column with the parameter count N."),
     d_col: str = typer.Option("D", help="Column with the training tokens D."),
@@ -30,7 +32,7 @@ def fit(
     delta: float = typer.Option(1e-3, help="Huber threshold on log-loss residuals."),
     asymmetry: float = typer.Option(1.0, help="Weight on over-predictions; > 1 fits a lower envelope."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the intervals (0: none)."),
-    by: str = typer.Option("auto", help="Resample points, runs, or auto (runs when known)."),
+    by: str = typer.Option("auto", help="Resample points, runs, or auto (runs when each point's run is known and there are at least 10 runs)."),
     seed: int = typer.Option(0, help="Seed for the multistart check and the bootstrap."),
     fix: list[str] = typer.Option([], "--fix", help="Hold a parameter at a value, e.g. --fix alpha=0.34 (repeatable)."),
     multistart: Optional[int] = typer.Option(None, help="Random L-BFGS starts (default 8 as a check; 64 for forms without variable projection)."),
@@ -49,11 +51,14 @@ def fit(
     flops = [parse_number(c, "--at-flops") for c in at_flops]
     fixed = dict(_parse_fix(f) for f in fix)
     free = len(law_form.params) - len(fixed)
+    selection = laws.Selection(kinds=tuple(kind) or laws.DEFAULT_KINDS, all_points=all_points)
     if source is None:
-        frame = laws.store_frame(db, group=group, convention=param_convention)
+        frame = laws.store_frame(db, group=group, convention=param_convention, selection=selection)
         data = laws.prepare(frame, law_form, group_col="group", unique_col="U" if "U" in frame else None, free_params=free,
                             drop_top_loss=drop_top_loss, source=str(db) + (f" (group {group})" if group else ""))
     else:
+        if kind or all_points:
+            raise UserError("--kind and --all-points choose points from the results store; a table is used as it is (filter it first)")
         data = laws.prepare(laws.read_table(source), law_form, n_col=n_col, d_col=d_col, loss_col=loss_col, flops_col=flops_col,
                             unique_col=unique_col, group_col=group_col, drop_top_loss=drop_top_loss, free_params=free,
                             source=source.name)
@@ -64,18 +69,21 @@ def fit(
                           bootstrap=bootstrap, bootstrap_by=by, progress=report)
     derived = result.derived(flops=flops, at=points)
     approaches = _approaches(result) if compare else {}
+    mentions_c = len(derived) and derived["quantity"].str.contains("C").any()  # the allocation exponents and budgets
+    compute = _compute_note(frame if source is None else None, flops_col) if mentions_c or compare or flops_col else None
 
     out = result.to_dict(derived=derived)
+    out["compute_convention"] = COMPUTE_CONVENTION
     if approaches:
         out["approaches"] = approaches
     if save is not None:
-        _write_json(save, result.to_dict(samples=True, derived=derived))
+        _write_json(save, {**result.to_dict(samples=True, derived=derived), "compute_convention": COMPUTE_CONVENTION})
     stored = None
     if source is None:
         from scalinglab.store import open_store
 
-        stored = f"{law_form.name}:{group or 'all'}:{param_convention}"
-        open_store(db).put_result("fit", stored, result.to_dict(samples=True, derived=derived))
+        stored = f"{law_form.name}:{group or 'all'}:{param_convention}{selection.key()}"
+        open_store(db).put_result("fit", stored, {**result.to_dict(samples=True, derived=derived), "compute_convention": COMPUTE_CONVENTION})
     figures = []
     if plot is not None:
         from scalinglab.laws.figures import save_figures
@@ -84,7 +92,7 @@ def fit(
     if json_out:
         print(json.dumps(out, indent=2, default=float))
         return
-    _print_fit(result, derived, approaches)
+    _print_fit(result, derived, approaches, compute)
     if save is not None:
         console.print(f"saved the fit with its bootstrap draws to {save}; plan with: scalinglab plan --law {save}")
     if stored:
@@ -133,13 +141,38 @@ def plan(
         raise UserError("nothing to plan: give --flops C, or --params N --tokens D, optionally with --inference-tokens T or --unique-tokens U")
 
     if json_out:
-        print(json.dumps({**result.to_dict(), "law_detail": chosen.to_dict()}, indent=2, default=float))
+        print(json.dumps({**result.to_dict(), "law_detail": chosen.to_dict(), "compute_convention": COMPUTE_CONVENTION}, indent=2, default=float))
         return
     _print_plan(result, chosen)
 
 
 # -- printing --------------------------------------------------------------------------------
-def _print_fit(result, derived, approaches: dict) -> None:
+COMPUTE_CONVENTION = "C = 6·N·D training FLOPs (+ 2·N per inference token)"
+COMPUTE_BASE = "compute: C = 6·N·D training FLOPs (Kaplan et al. 2020, Hoffmann et al. 2022), the convention the published laws were fitted with"
+STORED_FLOPS = ("scalinglab's stored run FLOPs also count the output layer and attention, "
+                "6(N + d_model·vocab) + 6·n_layer·seq_len·d_model per token (docs/laws.md)")
+COMPUTE_NOTE = f"{COMPUTE_BASE}; {STORED_FLOPS}"
+
+
+def _compute_note(frame, flops_col: str | None) -> str:
+    """The compute convention; for store input, how far the store's own FLOPs for these points are from it."""
+    import numpy as np
+
+    if flops_col:
+        return f"{COMPUTE_BASE}; D was derived from --flops-col {flops_col} as C/(6N)"
+    if frame is None:
+        return COMPUTE_BASE
+    note = COMPUTE_NOTE
+    if "flops_stored" in frame:
+        ratio = frame["flops_stored"].to_numpy(dtype=float) / (6.0 * frame["N"].to_numpy(dtype=float) * frame["D"].to_numpy(dtype=float))
+        ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+        if ratio.size:
+            spread = f"{ratio.min():.2f}x" if ratio.max() < ratio.min() * 1.005 else f"{ratio.min():.2f}x-{ratio.max():.2f}x"
+            note += f"; for these points the stored FLOPs are {spread} 6·N·D"
+    return note
+
+
+def _print_fit(result, derived, approaches: dict, compute: str | None = None) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -150,6 +183,10 @@ def _print_fit(result, derived, approaches: dict) -> None:
         f"{result.n_points} points{f' ({dropped} highest-loss dropped)' if dropped else ''} from {result.data.source}; {result.method}",
         highlight=False,
     )
+    if result.data.meta.get("selection"):
+        console.print(f"points: {result.data.meta['selection']}")
+    if compute:
+        console.print(compute, style="dim")
     if not result.converged:
         console.print(Text.assemble(("warning: ", "bold red"), f"the fit {result.message}"))
     for text in result.warnings:
@@ -187,7 +224,8 @@ def _print_fit(result, derived, approaches: dict) -> None:
     if check.get("starts"):
         parts.append(f"multistart check: {check['reached_optimum']}/{check['starts']} starts reached the same optimum")
     if boot:
-        parts.append(f"bootstrap {boot.seconds:.1f} s, {int((~boot.converged).sum())} resamples not converged, {boot.switched} moved to another basin")
+        parts.append(f"bootstrap {boot.seconds:.1f} s, {int((~boot.converged).sum())} resamples not converged, {boot.switched} moved to another basin, "
+                     f"{boot.redrawn} redrawn (could not identify the form)")
     console.print(f"objective {result.objective:.6g}; {'; '.join(parts)}", style="dim")
 
 
@@ -232,6 +270,7 @@ def _print_plan(plan, law) -> None:
     console.print(table)
     for note in plan.notes:
         console.print(note, style="dim")
+    console.print(COMPUTE_NOTE, style="dim")
 
 
 def _fmt_num(x: float) -> str:
@@ -277,8 +316,10 @@ def _parse_fix(text: str) -> tuple[str, float]:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    from scalinglab.fsutil import atomic_write_text
+
     try:
-        path.write_text(json.dumps(data, indent=1, default=float))
+        atomic_write_text(path, json.dumps(data, indent=1, default=float))
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror}; check the path") from None
 

@@ -14,7 +14,7 @@ approaches (Hoffmann's Approaches 1 and 2), law / reference (published laws), pl
 
 from scalinglab.laws.approaches import approach1, approach2, approach2_bias
 from scalinglab.laws.bootstrap import Bootstrap, run_bootstrap
-from scalinglab.laws.data import FitData, prepare, read_table, store_frame
+from scalinglab.laws.data import DEFAULT_KINDS, FitData, Selection, prepare, read_table, store_frame
 from scalinglab.laws.fitting import fit
 from scalinglab.laws.forms import FORMS, CustomForm, Form, get_form
 from scalinglab.laws.law import Estimate, Law, law_from_dict
@@ -23,7 +23,7 @@ from scalinglab.laws.reference import EPOCH_2024, HOFFMANN_2022, HOFFMANN_2022_R
 from scalinglab.laws.result import FitResult
 
 __all__ = [
-    "fit", "FitResult", "FitData", "prepare", "read_table", "store_frame", "run_bootstrap", "Bootstrap",
+    "fit", "FitResult", "FitData", "prepare", "read_table", "store_frame", "Selection", "DEFAULT_KINDS", "run_bootstrap", "Bootstrap",
     "Form", "CustomForm", "FORMS", "get_form", "Law", "Estimate", "law_from_dict",
     "Plan", "compute_optimal", "inference_optimal", "assess_run", "data_constrained",
     "HOFFMANN_2022", "HOFFMANN_2022_ROUNDED", "EPOCH_2024", "MUENNIGHOFF_2023", "REFERENCE_LAWS", "reference_law",

@@ -80,32 +80,91 @@ def read_table(path: str | Path) -> "pd.DataFrame":
         raise UserError(f"cannot read {path} as a {'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'} table ({exc.__class__.__name__}: {exc}); check the file") from None
 
 
-def store_frame(db: str | Path, group: str | None = None, convention: str = "nonembedding") -> "pd.DataFrame":
-    """The results store's finished points as a table with columns N, D, U, loss, group, flops.
+# Runs whose last evaluation is a finished (annealed) training run: a trunk's points are at a
+# constant learning rate (never cooled down), and probe runs measure other things (repetition,
+# junk, memorisation subsets, grokking's modular arithmetic).
+DEFAULT_KINDS = ("train", "branch", "cosine", "wsd")
 
-    N is the non-embedding parameter count unless `convention` is "total" (or "embedding").
-    Points from the cooldown branches of one trunk share the trunk's group: they are correlated,
-    so the bootstrap resamples trunks, not points.
+
+@dataclass(frozen=True)
+class Selection:
+    """Which of the store's points a fit uses: runs of these kinds (fnmatch patterns), and only
+    the final point of each run (its largest step) unless `all_points`."""
+
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    all_points: bool = False
+
+    @property
+    def is_default(self) -> bool:
+        return tuple(self.kinds) == DEFAULT_KINDS and not self.all_points
+
+    def key(self) -> str:
+        """A suffix for the stored fit's key ("" for the default selection)."""
+        if self.is_default:
+            return ""
+        return (f":kinds={'+'.join(self.kinds)}" if tuple(self.kinds) != DEFAULT_KINDS else "") + (":all-points" if self.all_points else "")
+
+    def describe(self) -> str:
+        which = "every point" if self.all_points else "the final point"
+        text = f"{which} of each finished run of kind {', '.join(self.kinds)}"
+        if self.is_default:
+            text += " (trunk and probe runs left out; widen with --kind, --all-points)"
+        return text
+
+    def matches(self, kinds: "pd.Series") -> "pd.Series":
+        from fnmatch import fnmatchcase
+
+        return kinds.astype(str).map(lambda k: any(fnmatchcase(k, pattern) for pattern in self.kinds))
+
+
+def store_frame(db: str | Path, group: str | None = None, convention: str = "nonembedding",
+                selection: Selection | None = None) -> "pd.DataFrame":
+    """The results store's points as a table with columns N, D, [U], loss, group, flops_stored.
+
+    By default only the final point of each finished run of an annealed kind (train, branch,
+    cosine, wsd) is used: a point in the middle of a schedule or on a constant-LR trunk has not
+    been cooled down and sits above the curve of finished runs. N is the non-embedding parameter
+    count unless `convention` is "total" (or "embedding"). Points from the cooldown branches of
+    one trunk share the trunk's group: they are correlated, so the bootstrap can resample trunks.
     """
     from scalinglab.store import load_points
 
-    return points_to_frame(load_points(db, group=group), convention=convention, source=str(db))
+    return points_to_frame(load_points(db, group=group), convention=convention, source=str(db), selection=selection)
 
 
-def points_to_frame(points: "pd.DataFrame", convention: str = "nonembedding", source: str = "store") -> "pd.DataFrame":
-    """Map the store's point table (see store.load_points) to the fit's canonical columns."""
+def select_points(points: "pd.DataFrame", selection: Selection, source: str = "store") -> tuple["pd.DataFrame", str]:
+    """The rows of the store's point table that `selection` keeps, and a line saying what was used."""
+    if "kind" not in points.columns:
+        raise UserError(f"the points from {source} lack the run kind; the store is older or newer than this scalinglab")
+    chosen = points[selection.matches(points["kind"])]
+    if len(chosen) == 0:
+        present = ", ".join(sorted(points["kind"].astype(str).unique())) or "none"
+        raise UserError(f"{source} has no finished points of kind {', '.join(selection.kinds)} (kinds present: {present}); "
+                        f"pick kinds with --kind, e.g. --kind trunk")
+    if not selection.all_points:
+        chosen = chosen.loc[chosen.groupby("run_id", sort=False)["step"].idxmax()]
+    runs = chosen["run_id"].nunique()
+    line = f"{selection.describe()}: {runs} run{'s' * (runs != 1)}; {len(points) - len(chosen)} other finished points not used"
+    return chosen, line
+
+
+def points_to_frame(points: "pd.DataFrame", convention: str = "nonembedding", source: str = "store",
+                    selection: Selection | None = None) -> "pd.DataFrame":
+    """Map the store's point table (see store.load_points) to the fit's canonical columns, keeping
+    the points `selection` picks (default: `Selection()`)."""
     import pandas as pd
 
     column = {"nonembedding": "n_nonembedding", "total": "n_total", "embedding": "n_embedding"}.get(convention)
     if column is None:
         raise UserError(f"unknown parameter convention {convention!r}; use nonembedding or total")
-    needed = [column, "tokens", "val_loss", "run_id"]
+    needed = [column, "tokens", "val_loss", "run_id", "step"]
     missing = [c for c in needed if c not in points.columns]
     if missing:
         raise UserError(f"the points from {source} lack columns {missing}; the store is older or newer than this scalinglab")
     if len(points) == 0:
         raise UserError(f"{source} has no finished evaluation points; train runs to completion first or pass --group/--db")
-    parent = points["parent_run"] if "parent_run" in points.columns else pd.Series([None] * len(points))
+    points, line = select_points(points, selection or Selection(), source)
+    parent = points["parent_run"] if "parent_run" in points.columns else pd.Series([None] * len(points), index=points.index)
     frame = pd.DataFrame(
         {
             "N": points[column].astype(float),
@@ -114,11 +173,13 @@ def points_to_frame(points: "pd.DataFrame", convention: str = "nonembedding", so
             "group": parent.where(parent.notna() & (parent.astype(str) != ""), points["run_id"]).astype(str).values,
         }
     )
+    if "flops" in points.columns:
+        frame["flops_stored"] = points["flops"].astype(float)
     if "unique_train_tokens" in points.columns and points["unique_train_tokens"].notna().all():
         frame["U"] = points["unique_train_tokens"].astype(float)
-    frame.attrs["param_convention"] = convention
-    frame.attrs["source"] = source
-    return frame.dropna(subset=["loss"]).reset_index(drop=True)
+    frame = frame.dropna(subset=["loss"]).reset_index(drop=True)
+    frame.attrs.update(param_convention=convention, source=source, selection=line)
+    return frame
 
 
 # -- checking --------------------------------------------------------------------------------
@@ -214,7 +275,8 @@ def prepare(
         groups=None if groups is None else np.unique(groups[keep], return_inverse=True)[1],
         source=source,
         meta={"columns": names, "dropped_top_loss": int(drop_top_loss), "rows": int(loss.size),
-              "param_convention": table.attrs.get("param_convention")},
+              "param_convention": table.attrs.get("param_convention"),
+              **({"selection": table.attrs["selection"]} if table.attrs.get("selection") else {})},
     )
     check_fittable(data, form, free_params)
     return data

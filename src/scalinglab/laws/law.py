@@ -105,22 +105,53 @@ class Law:
         return out
 
 
-def law_from_dict(data: Mapping, name: str | None = None) -> Law:
-    """A law from a saved fit (`scalinglab fit --save`, the store's "fit" results) or a law dict."""
+def law_from_dict(data: object, name: str | None = None, where: str = "this JSON") -> Law:
+    """A law from a saved fit (`scalinglab fit --save`, the store's "fit" results) or a law dict.
+
+    Anything else (not an object, parameters that are not numbers, draws that do not match the
+    form) raises UserError naming `where` and what is wrong."""
     import pandas as pd
 
+    hint = "save a fit with scalinglab fit --save FILE"
+    if not isinstance(data, Mapping):
+        raise UserError(f"{where} holds a JSON {_json_type(data)}, not an object with 'form' and 'params'; {hint}")
     if "form" not in data or "params" not in data:
-        raise UserError("this JSON is neither a saved fit nor a law: it needs 'form' and 'params'; save a fit with scalinglab fit --save")
+        raise UserError(f"{where} is neither a saved fit nor a law: it needs 'form' and 'params'; {hint}")
+    if not isinstance(data["form"], str):
+        raise UserError(f"{where}: 'form' must be a form name such as \"chinchilla\", not a JSON {_json_type(data['form'])}; {hint}")
     form = get_form(data["form"])
-    params = {k: float(v["estimate"] if isinstance(v, Mapping) else v) for k, v in data["params"].items()}
-    samples = pd.DataFrame(data["samples"]) if data.get("samples") else None
+    if not isinstance(data["params"], Mapping):
+        raise UserError(f"{where}: 'params' must be an object of parameter values, not a JSON {_json_type(data['params'])}; {hint}")
+    params = {}
+    for k, v in data["params"].items():
+        value = v.get("estimate") if isinstance(v, Mapping) else v
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{where}: parameter {k!r} is {value!r}, not a finite number; {hint}")
+        params[k] = float(value)
+    samples = None
+    if data.get("samples"):
+        draws = data["samples"]
+        if not isinstance(draws, Mapping) or any(k not in draws for k in form.params):
+            raise UserError(f"{where}: 'samples' must hold a list of draws for each of {list(form.params)}; {hint}")
+        try:
+            samples = pd.DataFrame({k: pd.to_numeric(pd.Series(draws[k]), errors="raise") for k in form.params}).astype(float)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{where}: 'samples' are not lists of numbers of one length ({exc}); {hint}") from None
     fitted = data.get("kind") == "scalinglab.fit"
+    level = data.get("level", 0.95)
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise UserError(f"{where}: 'level' must be a number between 0 and 1, got {level!r}; {hint}")
     return Law(
-        name=name or data.get("name") or f"fit ({form.name})",
+        name=name or str(data.get("name") or f"fit ({form.name})"),
         form=form,
         params=params,
-        source=f"scalinglab fit of {data.get('source') or 'data'} ({data.get('n_points', '?')} points)" if fitted else data.get("source", ""),
-        notes=data.get("notes", ""),
+        source=f"scalinglab fit of {data.get('source') or 'data'} ({data.get('n_points', '?')} points)" if fitted else str(data.get("source", "")),
+        notes=str(data.get("notes", "")),
         samples=samples,
-        level=float(data.get("level", 0.95)),
+        level=float(level),
     )
+
+
+def _json_type(value: object) -> str:
+    names = {list: "array", str: "string", bool: "boolean", type(None): "null", int: "number", float: "number", dict: "object"}
+    return names.get(type(value), type(value).__name__)

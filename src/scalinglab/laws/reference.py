@@ -88,7 +88,7 @@ def load_law(spec: str, db: str | None = None) -> Law:
         if saved is None:
             keys = [r["key"] for r in open_store(db).results("fit")]
             raise UserError(f"no fit {key!r} in {db} (stored fits: {', '.join(keys) or 'none'}); run scalinglab fit first")
-        return law_from_dict(saved, name=f"fit {key}")
+        return law_from_dict(saved, name=f"fit {key}", where=f"the stored fit {key!r} in {db}")
     if spec.endswith(".json") or Path(spec).is_file():
         path = Path(spec)
         if not path.is_file():
@@ -97,5 +97,5 @@ def load_law(spec: str, db: str | None = None) -> Law:
             saved = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read {path} as JSON ({exc}); save a fit with scalinglab fit --save") from None
-        return law_from_dict(saved, name=f"fit {path.name}")
+        return law_from_dict(saved, name=f"fit {path.name}", where=str(path))
     return reference_law(spec)
