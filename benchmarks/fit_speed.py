@@ -25,9 +25,9 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from scalinglab import laws  # noqa: E402
-from scalinglab.laws._blas import single_thread  # noqa: E402
 from scalinglab.laws.bootstrap import resample_weights  # noqa: E402
 from scalinglab.laws.fitting import hoffmann_grid, same_value  # noqa: E402
 from scalinglab.laws.forms import chinchilla  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> int:
     starts = grid[::step]
 
     def run_grid():
-        with single_thread():
+        with threadpool_limits(limits=1, user_api="blas"):
             return [polish(objective, z) for z in starts]
 
     found, t_grid_run = timed(run_grid)
@@ -108,7 +108,7 @@ def main() -> int:
     weights = resample_weights(None, len(data), 100, np.random.default_rng(1))
 
     def one_by_one():
-        with single_thread():
+        with threadpool_limits(limits=1, user_api="blas"):
             return [polish(objective.with_weights(w), vp.z) for w in weights]
 
     _, t_loop100 = timed(one_by_one)

@@ -1,4 +1,4 @@
-"""Figures of a fit: the law against the data, the residuals, and an isoFLOP view (PNG, Agg)."""
+"""Figures of a fit: the law against the data, the residuals, and an isoFLOP view (PNG)."""
 
 from __future__ import annotations
 
@@ -8,28 +8,17 @@ import numpy as np
 
 from scalinglab.laws.approaches import AllocationFit, isoflop_groups
 from scalinglab.laws.result import FitResult
+from scalinglab.report.figures import pyplot, save
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, path: Path) -> Path:
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def save_figures(result: FitResult, out_dir: str | Path, approach2: AllocationFit | None = None) -> list[Path]:
     """Write fit.png, residuals.png and (for two-variable laws) isoflop.png into out_dir."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [plot_fit(result, out / "fit.png"), plot_residuals(result, out / "residuals.png")]
     if {"N", "D"} <= set(result.form.variables):
         paths.append(plot_isoflop(result, out / "isoflop.png", approach2))
@@ -38,7 +27,7 @@ def save_figures(result: FitResult, out_dir: str | Path, approach2: AllocationFi
 
 def plot_fit(result: FitResult, path: Path) -> Path:
     """Loss against D (or N), points coloured by N, with the law's curve for several sizes."""
-    plt = _pyplot()
+    plt = pyplot()
     data = result.data
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x_var = "D" if "D" in result.form.variables else "N"
@@ -63,12 +52,12 @@ def plot_fit(result: FitResult, path: Path) -> Path:
     ax.set_xlabel("training tokens D" if x_var == "D" else "parameters N")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"{result.form.formula}  ({result.n_points} points)", fontsize=9)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def plot_residuals(result: FitResult, path: Path) -> Path:
     """log L_pred - log L against each variable: structure here means the form is wrong."""
-    plt = _pyplot()
+    plt = pyplot()
     res = result.residuals()
     variables = result.form.variables
     fig, axes = plt.subplots(1, len(variables), figsize=(4 * len(variables), 3.5), squeeze=False)
@@ -79,7 +68,7 @@ def plot_residuals(result: FitResult, path: Path) -> Path:
         ax.set_xlabel(var)
         ax.set_ylabel("log L_pred - log L")
     fig.suptitle(f"residuals; median |r| = {np.median(np.abs(res)):.3g}", fontsize=9)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def _budgets(flops: np.ndarray, n_bins: int = 6) -> np.ndarray:
@@ -97,7 +86,7 @@ def plot_isoflop(result: FitResult, path: Path, approach2: AllocationFit | None 
     the law's compute-optimal N (and Approach 2's vertices, if given)."""
     from scalinglab.laws.planning import optimal_split
 
-    plt = _pyplot()
+    plt = pyplot()
     data = result.data
     flops = data.flops
     labels = _budgets(flops)
@@ -119,6 +108,6 @@ def plot_isoflop(result: FitResult, path: Path, approach2: AllocationFit | None 
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title("isoFLOP view: ★ the law's compute-optimal N at each budget", fontsize=9)
+    ax.set_title("isoFLOP view, C = 6·N·D: ★ the law's compute-optimal N at each budget", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
-    return _save(plt, fig, path)
+    return _save(fig, path)
