@@ -11,9 +11,11 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test uses a private corpus cache (shared within the session) and one torch thread."""
+    """Every test uses a private corpus cache (shared within the session), one torch thread, and
+    the CPU even where a GPU is present (subprocesses inherit the hidden GPU too)."""
     cache = tmp_path_factory.getbasetemp() / "corpus-cache"
     monkeypatch.setenv("SCALINGLAB_CACHE", str(cache))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     import torch
 
     torch.set_num_threads(1)

@@ -63,3 +63,14 @@ def test_incremental_decoding_matches_the_full_forward():
     changed[:, 10] = (changed[:, 10] + 1) % 256
     with torch.no_grad():
         assert torch.equal(model(changed)[:, :10], full[:, :10])
+
+
+def test_a_model_used_in_inference_mode_still_trains():
+    torch.manual_seed(0)
+    model = GPT(preset("10k"))
+    idx = torch.randint(0, 256, (2, 40))
+    with torch.inference_mode():
+        model.forward_step(idx[:, :8], model.new_cache(), 0)  # builds the rotary tables
+    loss = model(idx[:, :-1]).logsumexp(-1).mean()
+    loss.backward()  # would fail on tables created as inference tensors
+    assert model.embed.weight.grad is not None

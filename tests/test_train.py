@@ -79,22 +79,23 @@ def test_interrupted_and_resumed_run_is_bit_identical(text_corpus, tmp_path):
 
 
 def test_ctrl_c_checkpoints_and_resume_finishes_the_same_run(text_corpus, tmp_path):
-    args = ["--corpus", str(text_corpus), "--set", "model.size='10k'", "--tokens", "60000", "--batch-size", "4",
+    args = ["--corpus", str(text_corpus), "--set", "model.size='10k'", "--tokens", "400000", "--batch-size", "4",
             "--seq-len", "64", "--eval-points", "2", "--eval-tokens", "2048", "--quiet", "--db", str(tmp_path / "s.db")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "scalinglab", "train", *args, "--out", str(tmp_path / "run")]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     loss_log = tmp_path / "run" / "train_loss.f32"
     deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None and not loss_log.exists():
+    # wait until steps are logged (the log is flushed about once a second, well after the
+    # loop has installed its signal handler) and stop the run long before its 1,563 steps end
+    while time.time() < deadline and proc.poll() is None and (not loss_log.exists() or loss_log.stat().st_size < 4 * 32):
         time.sleep(0.05)
-    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "--resume" in err
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    total = 60000 // (4 * 64) + 1
+    total = 400000 // (4 * 64) + 1
     assert 0 < ckpt["step"] < total
     done = subprocess.run(cmd + ["--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -12,11 +12,12 @@ the vocabulary) is known. The resolved config is what a run stores and what `--r
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,30 @@ def _build(cls: type, values: dict, section: str) -> Any:
         raise UserError(
             f"unknown field(s) in [{section}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
         )
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()})
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check a config value against its field's type (int, float, str, bool, optionally None);
+    ints are accepted where floats are expected."""
+    allowed = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else {annotation}
+    if value is None and type(None) in allowed:
+        return None
+    if isinstance(value, bool):
+        if bool in allowed:
+            return value
+    elif isinstance(value, int) and int in allowed:
+        return value
+    elif isinstance(value, (int, float)) and float in allowed:
+        return float(value)
+    elif isinstance(value, str) and str in allowed:
+        return value
+    wanted = " or ".join(sorted({"a number" if t in (int, float) else "true/false" if t is bool else
+                                 "text" if t is str else "nothing" for t in allowed}))
+    if allowed == {int} or allowed == {int, type(None)}:
+        wanted = "a whole number" + (" or nothing" if type(None) in allowed else "")
+    raise UserError(f"{name} must be {wanted}, got {value!r}")
 
 
 def load_config(path: str | Path | None) -> RunConfig:
@@ -227,6 +251,3 @@ def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
 
-
-def replace(obj: Any, **changes: Any) -> Any:
-    return dataclasses.replace(obj, **changes)

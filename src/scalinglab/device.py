@@ -50,6 +50,14 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def resolved_precision(device: str = "auto", dtype: str = "auto") -> tuple[str, str]:
+    """(device type, dtype) that `place` would choose, without touching the device."""
+    device_type = ("cuda" if cuda_present() else "cpu") if device == "auto" else device.split(":")[0]
+    if dtype == "auto":
+        dtype = "bfloat16" if device_type == "cuda" else "float32"
+    return device_type, dtype
+
+
 def place(device: str = "auto", dtype: str = "auto", threads: int = 1) -> Placement:
     """Resolve device/dtype choices. On CPU also fixes the torch thread count (one per worker)."""
     if device == "auto":
@@ -59,12 +67,13 @@ def place(device: str = "auto", dtype: str = "auto", threads: int = 1) -> Placem
     if device != "cpu" and not device.startswith("cuda"):
         raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     dev = torch.device(device)
-    if dtype == "auto":
-        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    asked_auto = dtype == "auto"
+    _, dtype = resolved_precision(dev.type, dtype)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     if dev.type == "cpu":
         torch.set_num_threads(threads)
-    else:
+    elif asked_auto:
+        # TF32 only when the precision is ours to choose: float32 asked for means float32
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return Placement(device=dev, dtype=torch_dtype, threads=threads)

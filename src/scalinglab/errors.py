@@ -12,12 +12,6 @@ class UserError(Exception):
     exit_code = 2
 
 
-def require(condition: bool, message: str) -> None:
-    """Raise `UserError(message)` unless `condition` holds."""
-    if not condition:
-        raise UserError(message)
-
-
 def positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     """Check that a user-supplied number is finite and positive (or >= 0)."""
     import math

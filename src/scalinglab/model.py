@@ -106,9 +106,12 @@ class Rotary(nn.Module):
     def tables(self, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cache is None or self._cache[0] < length or self._cache[1] != device:
             size = max(length, 64)
-            t = torch.arange(size, dtype=torch.float32, device=device)
-            freqs = torch.outer(t, self.inv_freq.to(device))  # (T, hd/2)
-            self._cache = (size, device, freqs.cos(), freqs.sin())
+            # Built outside inference mode: tables first made under torch.inference_mode() (by
+            # the compressor) would otherwise break a later training step on the same model.
+            with torch.inference_mode(False), torch.no_grad():
+                t = torch.arange(size, dtype=torch.float32, device=device)
+                freqs = torch.outer(t, self.inv_freq.to(device))  # (T, hd/2)
+                self._cache = (size, device, freqs.cos(), freqs.sin())
         return self._cache[2], self._cache[3]
 
 
@@ -154,10 +157,13 @@ class Attention(nn.Module):
                     v = torch.cat([cache["v"], v], dim=2)
                 cache["k"], cache["v"] = k, v
             cache["length"] = past + T
-            mask = None
+            # Two matmuls rather than SDPA: for one query over a long cache, CPU SDPA's flash
+            # kernel was ~10% slower per step (docs/compress.md). `forward` keeps SDPA.
+            att = torch.matmul(q * self.head_dim**-0.5, k.transpose(-2, -1))  # (B, H, T, past + T)
             if T > 1:
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                att = att.masked_fill(~mask, float("-inf"))
+            y = torch.matmul(att.softmax(dim=-1), v)  # (B, H, T, hd)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.proj(y)
 

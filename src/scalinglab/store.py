@@ -153,6 +153,10 @@ class Store:
             raise UserError(f"the folder for the results store does not exist: {parent}; create it or pass another --db")
         existed = self.path.exists() and self.path.stat().st_size > 0
         with self.connect() as con:
+            con.execute("PRAGMA journal_mode = WAL")
+            # One write transaction from the first look to the last meta row, so a process that
+            # opens the store meanwhile waits and then sees a complete one.
+            con.execute("BEGIN IMMEDIATE")
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if existed and tables and "meta" not in tables:
                 raise UserError(
@@ -162,14 +166,16 @@ class Store:
                 row = con.execute("SELECT value FROM meta WHERE key='app'").fetchone()
                 if row is None or row[0] != APP_ID:
                     raise UserError(f"{self.path} is not a scalinglab results store; pass another --db")
-                version = int(con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+                row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                version = int(row[0]) if row else 0
                 if version > SCHEMA_VERSION:
                     raise UserError(
                         f"{self.path} was written by a newer scalinglab (schema {version}); upgrade scalinglab"
                     )
-            con.execute("PRAGMA journal_mode = WAL")
             if "meta" not in tables:
-                con.executescript(_SCHEMA)
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
             con.execute("INSERT OR IGNORE INTO meta VALUES ('app', ?)", (APP_ID,))
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
@@ -182,20 +188,16 @@ class Store:
         now = time.time()
         fields = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
         fields["updated"] = now
+        # One statement: two processes creating the same run at once cannot both insert.
+        updates = ", ".join(f"{k}=excluded.{k}" for k in fields)
+        row = {"created": now, "config": "{}", "status": "running", "name": run_id, "kind": "train", **fields}
+        cols = ["run_id", *row]
+        marks = ", ".join("?" for _ in cols)
         with self.connect() as con:
-            exists = con.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            if exists:
-                sets = ", ".join(f"{k}=?" for k in fields)
-                con.execute(f"UPDATE runs SET {sets} WHERE run_id=?", (*fields.values(), run_id))
-            else:
-                fields.setdefault("created", now)
-                fields.setdefault("config", "{}")
-                fields.setdefault("status", "running")
-                fields.setdefault("name", run_id)
-                fields.setdefault("kind", "train")
-                cols = ["run_id", *fields]
-                marks = ", ".join("?" for _ in cols)
-                con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({marks})", (run_id, *fields.values()))
+            con.execute(
+                f"INSERT INTO runs ({', '.join(cols)}) VALUES ({marks}) ON CONFLICT(run_id) DO UPDATE SET {updates}",
+                (run_id, *row.values()),
+            )
 
     def get_run(self, run_id: str) -> dict | None:
         with self.connect() as con:

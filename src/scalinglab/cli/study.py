@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -89,7 +88,7 @@ def study(
     max_doublings: Optional[int] = typer.Option(None, help="Largest milestone allowed: 20 x 2^k tokens/param."),
     cooldown_frac: Optional[float] = typer.Option(None, help="Cooldown share of each milestone (default 0.2)."),
     cooldown_shape: Optional[str] = typer.Option(None, help="1-sqrt (default) | linear | cosine."),
-    workers: Optional[int] = typer.Option(None, help="Parallel training processes (default: one per CPU core)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Parallel training processes (default: one per CPU core)."),
     seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence."),
     seed: Optional[int] = typer.Option(None, help="Seed of every run."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda."),
@@ -103,6 +102,7 @@ def study(
     """Train models of fixed size N on ever more data D (far past 20 tokens/param), one WSD trunk
     per N with a cooldown branch per D, and fit how fast the loss keeps falling."""
     from scalinglab.corpus import CorpusConfig
+    from scalinglab.device import default_workers
     from scalinglab.study import analyse, execute, prepare_study, study_preset
 
     overrides = dict(
@@ -115,7 +115,7 @@ def study(
     if cfg.budget == "":
         cfg.budget = None
     if workers is None and cfg.device == "cpu":
-        cfg.workers = max(1, os.cpu_count() or 1)
+        cfg.workers = default_workers()
     cfg.corpus = CorpusConfig(**{**cfg.corpus.__dict__, **{k: v for k, v in dict(
         source=corpus, field=field, glob=glob, tokenizer=tokenizer, vocab_size=vocab_size).items() if v is not None}})
 
@@ -155,9 +155,18 @@ def print_results(result) -> None:  # noqa: ANN001 - StudyResult
     fits = Table("N", "L(D) = E + B/D^β: β [95%]", "E [95%]", "loss at 20/param", "at the largest D",
                  "gain past 20:1", "next doubling", title="does the loss keep improving at fixed N?")
     for row in result.summary.itertuples():
-        beta = f"{row.beta[0]:.3f} [{row.beta[1]:.3f}, {row.beta[2]:.3f}]" if row.beta else "- (too few points)"
-        e = f"{row.E[0]:.3f} [{row.E[1]:.3f}, {row.E[2]:.3f}]" if row.E else "-"
+        beta = _with_interval(row.beta) if row.beta else "- (too few points)"
+        e = _with_interval(row.E) if row.E else "-"
         nxt = f"-{row.next_doubling_gain:.4f}" if row.next_doubling_gain is not None else "-"
         fits.add_row(f"{row.N:,}", beta, e, f"{row.loss_at_20:.4f}", f"{row.loss_at_max:.4f} "
                      f"({row.max_tokens_per_param:.0f}/param)", f"-{row.improvement_past_20:.4f}", nxt)
     console.print(fits)
+    console.print("intervals: 95% bootstrap over an N's points (shown from 6 points); an N's points share one "
+                  "trunk, so they understate seed-to-seed variation")
+
+
+def _with_interval(value: tuple[float, float, float]) -> str:
+    estimate, lo, hi = value
+    if lo != lo or hi != hi:  # NaN: too few points for an interval
+        return f"{estimate:.3f} (no interval)"
+    return f"{estimate:.3f} [{lo:.3f}, {hi:.3f}]"

@@ -97,6 +97,8 @@ def train(
         f"lr {plan.lr:.2e}, {plan.schedule.kind}, {plan.total_steps} steps",
         highlight=False,
     )
+    if resume and not (out_dir / "config.json").exists():
+        raise UserError(f"nothing to resume in {out_dir}; drop --resume to start this run, or pass the --out of the run")
     reporter = None if quiet else RichReporter(err_console)
     try:
         result = train_run(plan, prepared, store, out_dir, resume=resume, reporter=reporter)

@@ -34,6 +34,7 @@ import numpy as np
 from scalinglab.corpus.sources import Source, SourceSpec, read_source
 from scalinglab.corpus.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, tokenizer_spec
 from scalinglab.errors import UserError
+from scalinglab.fsutil import publish_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -189,7 +190,7 @@ def assign_splits(sizes: list[int], seed: int, val_frac: float, test_frac: float
     return split
 
 
-def prepare_corpus(cfg: CorpusConfig | None = None, cache_dir: Path | None = None, *, progress: bool = False) -> PreparedCorpus:
+def prepare_corpus(cfg: CorpusConfig | None = None, cache_dir: Path | None = None) -> PreparedCorpus:
     """Read, split, tokenize and cache a corpus; return the cached corpus if it already exists."""
     cfg = cfg or CorpusConfig()
     cfg.validate()
@@ -208,11 +209,7 @@ def prepare_corpus(cfg: CorpusConfig | None = None, cache_dir: Path | None = Non
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
     try:
         _write_corpus(tmp, source, cfg, tok_spec, key)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").exists():  # not a concurrent twin that won the race
-                raise
+        publish_dir(tmp, final)  # a concurrent twin may have published it first: same content
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return PreparedCorpus(final)

@@ -45,10 +45,6 @@ class PreparedStudy:
     runs: StudyRuns
     replanned: bool  # False when an earlier invocation's grid was reused
 
-    @property
-    def epochs_needed(self) -> float:
-        return self.grid.max_epochs
-
 
 @dataclass
 class StudyResult:

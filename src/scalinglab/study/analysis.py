@@ -88,16 +88,25 @@ class DataFit:
         return float(self.predict([D])[0] - self.predict([2 * D])[0])
 
 
+MIN_POINTS_FIT = 4  # three parameters need a point to spare
+MIN_POINTS_INTERVAL = 6  # fewer points make most bootstrap resamples (nearly) exactly determined
+
+
 def fit_per_n(points: pd.DataFrame, bootstrap: int = 400, seed: int = 0) -> list[DataFit]:
-    """Fit L(D) = E_N + B_N/D^β_N separately for every N with at least 4 points."""
+    """Fit L(D) = E_N + B_N/D^β_N separately for every N with at least 4 points.
+
+    Intervals (bootstrap over points) need at least 6 points; they are conditional on the one
+    trunk all of an N's points share, so they understate seed-to-seed variation.
+    """
     from scalinglab import laws
 
     fits = []
     for n, group in points.groupby("N"):
-        if len(group) < 4:  # three parameters need a point to spare
+        if len(group) < MIN_POINTS_FIT:
             continue
         frame = pd.DataFrame({"D": group["D"].to_numpy(), "loss": group["val_loss"].to_numpy()})
-        result = laws.fit(frame, "data", bootstrap=bootstrap, bootstrap_by="points", seed=seed)
+        resamples = bootstrap if len(group) >= MIN_POINTS_INTERVAL else 0
+        result = laws.fit(frame, "data", bootstrap=resamples, bootstrap_by="points", seed=seed)
         table = result.intervals().set_index("param")
         row = lambda k: (float(table.loc[k, "estimate"]), float(table.loc[k, "lo"]), float(table.loc[k, "hi"]))  # noqa: E731
         fits.append(DataFit(N=int(n), n_points=len(group), E=row("E"), B=row("B"), beta=row("beta"),

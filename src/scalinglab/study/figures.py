@@ -7,16 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scalinglab.report.figures import pyplot, save
 from scalinglab.study.analysis import DataFit
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _label(n: int) -> str:
@@ -33,7 +25,7 @@ def draw_all(points: pd.DataFrame, trunk: pd.DataFrame, fits: list[DataFit], out
 
 
 def loss_vs_data(points: pd.DataFrame, trunk: pd.DataFrame, fits: list[DataFit], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     fit_by_n = {f.N: f for f in fits}
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -57,13 +49,11 @@ def loss_vs_data(points: pd.DataFrame, trunk: pd.DataFrame, fits: list[DataFit],
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def loss_vs_tokens_per_param(points: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for n, group in points.groupby("N"):
         ax.plot(group["tokens_per_param"], group["val_loss"], "o-", label=_label(n))
@@ -71,17 +61,15 @@ def loss_vs_tokens_per_param(points: pd.DataFrame, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("tokens per parameter (D / N)")
     ax.set_ylabel("val loss (nats/token)")
-    ax.set_title("Loss keeps falling past 20 tokens/param")
+    ax.set_title("Loss vs tokens per parameter")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def loss_vs_compute(points: pd.DataFrame, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     for n, group in points.groupby("N"):
         ax.plot(group["flops"], group["val_loss"], "o-", label=_label(n))
@@ -97,6 +85,4 @@ def loss_vs_compute(points: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+from scalinglab.config import RunConfig
 from scalinglab.corpus.prepare import CorpusConfig, PreparedCorpus
 from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, count_params, flops_per_token, preset, shape_for_params
@@ -224,6 +224,15 @@ def resolve_size(text: str, vocab_size: int) -> ModelConfig:
     return shape_for_params(target, vocab_size=vocab_size)
 
 
+def _distinct_sizes(labels: list[str], vocab_size: int) -> list[str]:
+    """The sizes asked for, one label per distinct shape ("10k" and "1e4" may be one model)."""
+    seen: dict[tuple, str] = {}
+    for label in labels:
+        model = resolve_size(label, vocab_size)
+        seen.setdefault((model.n_layer, model.d_model, model.n_head, model.mlp_ratio), label)
+    return list(seen.values())
+
+
 def study_warmup(batch_tokens: int, n: int, min_tpp: float, cooldown_frac: float) -> int:
     """Warmup ends well before the smallest milestone's branch starts, so every branch leaves
     a trunk that is already at its peak LR; it does not depend on the budget, so a longer study
@@ -240,10 +249,12 @@ def size_plan(cfg: StudyConfig, label: str, vocab_size: int, doublings: int) -> 
     step = 2 ** (1 / cfg.milestones_per_doubling)
     tpps = [cfg.min_tpp * step**k for k in range(200)]
     tpps = [t for t in tpps if t <= CHINCHILLA_TPP * 2**doublings * (1 + 1e-9)]
-    milestones = []
+    milestones: list[Milestone] = []
     for tpp in tpps:
         end = max(2, round(tpp * n / batch_tokens))
         start = max(1, end - max(1, round(cfg.cooldown_frac * end)))
+        if milestones and end <= milestones[-1].end_step:
+            continue  # two milestones closer than a step apart would be the same run
         milestones.append(Milestone(tpp=tpp, end_step=end, start_step=start))
     return SizePlan(label=label, model=model, batch_size=batch, seq_len=cfg.seq_len, lr=hparams.default_lr(model.d_model),
                     warmup=study_warmup(batch_tokens, n, cfg.min_tpp, cfg.cooldown_frac), milestones=milestones,
@@ -296,7 +307,7 @@ def plan_grid(cfg: StudyConfig, corpus: PreparedCorpus, *, probe: bool = True) -
     if cfg.milestones_per_doubling < 1:
         raise UserError(f"milestones_per_doubling must be at least 1, got {cfg.milestones_per_doubling}")
     budget = parse_budget(cfg.budget)
-    labels = list(dict.fromkeys(cfg.sizes))
+    labels = _distinct_sizes(cfg.sizes, corpus.vocab_size)
     # every size starts at the 20:1 milestone, the least a data-scaling study should reach
     doublings = {label: 0 for label in labels}
     plans = {label: size_plan(cfg, label, corpus.vocab_size, 0) for label in labels}

@@ -1,8 +1,7 @@
 """The local runner: trunks and cooldown branches on a pool of worker processes.
 
-Each worker is a long-lived process (one torch thread on CPU) that receives one task at a time
-over its own pipe, so the parent always knows which task a worker holds: a worker that dies
-(even by kill -9) is replaced and its task goes back to the queue, to resume from its last
+Workers (`scalinglab.parallel.WorkerPool`) hold one task at a time, so a worker that dies (even
+by kill -9) is replaced and its task goes back to the queue, to resume from its last
 checkpoint. Results flow to the store from the workers themselves; the parent only schedules.
 
 Scheduling: trunks first, longest first (a trunk is the one sequential chain of its N), then
@@ -13,17 +12,14 @@ interruption resumes it without redoing any point.
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import signal
 import time
-import traceback
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from scalinglab.config import ModelSpec, RunConfig, TrainConfig
 from scalinglab.corpus.prepare import PreparedCorpus
+from scalinglab.parallel import WorkerPool
 from scalinglab.study.grid import Grid, SizePlan
 from scalinglab.train.loop import RunPlan
 from scalinglab.train.schedules import Schedule
@@ -106,129 +102,25 @@ def build_tasks(grid: Grid, study_id: str, study_dir: Path) -> StudyRuns:
     return runs
 
 
-# --- the worker ---------------------------------------------------------------------------------
+# --- one task in a worker ---------------------------------------------------------------------
 
-def _die_with_parent() -> None:
-    """Ask Linux to send SIGTERM when the parent dies (the loop then checkpoints and stops)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-def worker_main(conn: Connection, corpus_path: str, db_path: str) -> None:
-    # Ctrl-C reaches every process of the terminal's group: idle workers ignore it; a training
-    # worker's loop installs its own handler, checkpoints and reports "interrupted".
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+def run_study_task(payload: tuple[str, str, RunPlan, str]) -> tuple[str, str]:
+    """Train one trunk or branch to its end (resuming it); returns (status, message).
+    Runs in a worker process; the run's outcome is a status, not an exception."""
     from scalinglab.store import open_store
-    from scalinglab.train.loop import Diverged, Interrupted, RunBusy, train_run
+    from scalinglab.train.loop import Diverged, Interrupted, train_run
+    from scalinglab.train.rundir import RunBusy
 
-    corpus = PreparedCorpus(Path(corpus_path))
-    store = open_store(db_path)
-    while True:
-        try:
-            task = conn.recv()
-        except EOFError:
-            return
-        if task is None:
-            return
-        key, plan, out_dir = task
-        try:
-            train_run(plan, corpus, store, Path(out_dir), resume=True)
-            reply = (key, "done", "")
-        except Diverged as exc:
-            reply = (key, "diverged", f"step {exc.step}")
-        except Interrupted as exc:
-            reply = (key, "interrupted", f"step {exc.step}")
-        except RunBusy as exc:
-            reply = (key, "busy", str(exc))
-        except Exception as exc:  # reported to the parent; the worker stays up for the next task
-            reply = (key, "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}")
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        conn.send(reply)
-
-
-@dataclass
-class _Worker:
-    process: mp.Process
-    conn: Connection
-    task: Task | None = None
-
-
-class Pool:
-    """W worker processes, each holding at most one task."""
-
-    def __init__(self, workers: int, corpus: PreparedCorpus, db: Path) -> None:
-        self._ctx = mp.get_context("spawn")
-        self._args = (str(corpus.path), str(db))
-        self.workers = [self._start() for _ in range(workers)]
-
-    def _start(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        process = self._ctx.Process(target=worker_main, args=(child, *self._args), daemon=True)
-        process.start()
-        child.close()
-        return _Worker(process, parent)
-
-    def idle(self) -> list[_Worker]:
-        return [w for w in self.workers if w.task is None]
-
-    def busy(self) -> list[_Worker]:
-        return [w for w in self.workers if w.task is not None]
-
-    def submit(self, worker: _Worker, task: Task) -> None:
-        worker.task = task
-        task.status, task.attempts = "running", task.attempts + 1
-        worker.conn.send((task.key, task.plan, str(task.out_dir)))
-
-    def poll(self, timeout: float) -> list[tuple[Task, str, str]]:
-        """Finished tasks as (task, status, message); a dead worker's task comes back as 'lost'."""
-        busy = self.busy()
-        if not busy:
-            time.sleep(timeout)
-            return []
-        ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
-        finished = []
-        for i, worker in enumerate(self.workers):
-            if worker.task is None:
-                continue
-            if worker.conn in ready:
-                try:
-                    key, status, message = worker.conn.recv()
-                except (EOFError, OSError):
-                    status, message = "lost", "the worker died"
-            elif worker.process.sentinel in ready or not worker.process.is_alive():
-                status, message = "lost", f"the worker died (exit code {worker.process.exitcode})"
-            else:
-                continue
-            task, worker.task = worker.task, None
-            finished.append((task, status, message))
-            if status == "lost":
-                worker.conn.close()
-                self.workers[i] = self._start()
-        return finished
-
-    def signal_busy(self, sig: int) -> None:
-        for worker in self.busy():
-            if worker.process.is_alive():
-                os.kill(worker.process.pid, sig)
-
-    def close(self) -> None:
-        for worker in self.workers:
-            try:
-                worker.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for worker in self.workers:
-            worker.process.join(timeout=10)
-            if worker.process.is_alive():
-                worker.process.terminate()
+    corpus_path, db, plan, out_dir = payload
+    try:
+        train_run(plan, PreparedCorpus(Path(corpus_path)), open_store(db), Path(out_dir), resume=True)
+        return "done", ""
+    except Diverged as exc:
+        return "diverged", f"step {exc.step}"
+    except Interrupted as exc:
+        return "interrupted", f"step {exc.step}"
+    except RunBusy as exc:
+        return "busy", str(exc)
 
 
 def steps_done(task: Task) -> int:
@@ -256,7 +148,19 @@ def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, o
     pending = [t for t in runs.tasks if t.status == "pending"]
     if not pending:
         return runs.tasks
-    pool = Pool(min(workers, len(pending)), corpus, db)
+    by_key = {t.key: t for t in runs.tasks}
+
+    def settle(key: str, status: str, value) -> None:  # noqa: ANN001
+        task = by_key[key]
+        if status == "ok":
+            _settle(task, *value)
+        elif status == "lost":
+            _settle(task, "lost", value)
+        else:
+            name, message, trace = value
+            _settle(task, "failed", f"{name}: {message}\n{trace}")
+
+    pool = WorkerPool(min(workers, len(pending)))
     try:
         while True:
             _skip_orphans(runs)
@@ -264,23 +168,24 @@ def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, o
             ready = sorted((t for t in waiting if t.needs is None or t.needs.exists()),
                            key=lambda t: (t.kind != "trunk", -t.steps))
             for worker, task in zip(pool.idle(), ready):
-                pool.submit(worker, task)
+                task.status, task.attempts = "running", task.attempts + 1
+                pool.submit(worker, task.key, run_study_task, (str(corpus.path), str(db), task.plan, str(task.out_dir)))
             if not waiting and not pool.busy():
                 break
             if waiting and not ready and not pool.busy():
                 for task in waiting:  # nothing can ever produce their snapshots
                     task.status, task.message = "skipped", "its trunk stopped before this branch point"
                 break
-            for task, status, message in pool.poll(timeout=1.0):
-                _settle(task, status, message)
+            for key, status, value in pool.poll(timeout=1.0):
+                settle(key, status, value)
             if on_tick:
                 on_tick(runs.tasks)
     except KeyboardInterrupt:
         pool.signal_busy(signal.SIGTERM)
-        deadline = time.time() + 120
-        while pool.busy() and time.time() < deadline:
-            for task, status, message in pool.poll(timeout=1.0):
-                task.status, task.message = ("pending", "interrupted") if status != "done" else ("done", "")
+        pool.drain(settle)
+        for task in runs.tasks:
+            if task.status == "running":
+                task.status, task.message = "pending", "interrupted"
         raise
     finally:
         pool.close()

@@ -22,13 +22,20 @@ from scalinglab.errors import UserError
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """RNG states in types a `weights_only` load accepts (tensors, numbers, lists)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
@@ -66,7 +73,8 @@ def load_checkpoint(path: Path) -> dict:
     if not path.exists():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: a checkpoint someone sends you cannot run code when it is loaded
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged file
         raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}); it may be damaged") from None
 

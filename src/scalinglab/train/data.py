@@ -38,10 +38,6 @@ class BatchSampler:
     def unique_tokens(self) -> int:
         return len(self.tokens)
 
-    @property
-    def tokens_per_epoch(self) -> int:
-        return self.windows_per_epoch * self.seq_len
-
     def epochs_at(self, step: int) -> float:
         """Passes over the train windows completed after `step` updates."""
         return step * self.batch_size / self.windows_per_epoch
@@ -56,6 +52,11 @@ class BatchSampler:
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (B, T) int64, for update number `step`."""
+        rows = self.rows(step)
+        return rows[:, :-1], rows[:, 1:]
+
+    def rows(self, step: int) -> torch.Tensor:
+        """The windows of update `step` as (B, T+1) int64 rows."""
         T = self.seq_len
         rows = np.empty((self.batch_size, T + 1), dtype=np.int64)
         first = step * self.batch_size
@@ -64,8 +65,13 @@ class BatchSampler:
             offset, order = self._epoch(epoch)
             start = offset + int(order[index]) * T
             rows[i] = self.tokens[start : start + T + 1]
-        data = torch.from_numpy(rows)
-        return data[:, :-1], data[:, 1:]
+        return torch.from_numpy(rows)
+
+    def first_windows(self, count: int) -> torch.Tensor:
+        """The first `count` windows of the training stream (n, T+1): a fixed train subset that
+        a run has trained on once it is past step ceil(count / B)."""
+        steps = -(-count // self.batch_size)
+        return torch.cat([self.rows(s) for s in range(steps)])[:count]
 
 
 def fixed_windows(tokens: np.ndarray, seq_len: int, max_tokens: int) -> torch.Tensor:

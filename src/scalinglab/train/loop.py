@@ -20,27 +20,32 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
-import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
-from scalinglab import __version__
-from scalinglab.config import RunConfig, config_hash, diff_configs, resolve_model
-from scalinglab.corpus.prepare import PreparedCorpus, prepare_corpus
-from scalinglab.device import Placement, place
+from scalinglab.config import RunConfig, config_hash, resolve_model
+from scalinglab.corpus.prepare import PreparedCorpus
+from scalinglab.device import Placement, place, resolved_precision
 from scalinglab.errors import UserError
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token, loss_fn
 from scalinglab.store import Store
 from scalinglab.train import hparams
 from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from scalinglab.train.optim import adamw
+from scalinglab.train.rundir import (
+    claim_directory,
+    exclusive,
+    read_marker,
+    stop_requests,
+    versions,
+    write_marker,
+)
 from scalinglab.train.data import BatchSampler, fixed_windows
 from scalinglab.train.schedules import Schedule
 
@@ -51,10 +56,6 @@ class Diverged(Exception):
     def __init__(self, run_id: str, step: int, loss: float) -> None:
         super().__init__(f"run {run_id} diverged at step {step} (loss {loss})")
         self.run_id, self.step, self.loss = run_id, step, loss
-
-
-class RunBusy(UserError):
-    """Another process holds the run directory."""
 
 
 class Interrupted(Exception):
@@ -103,14 +104,17 @@ class RunPlan:
     def resolved(self) -> dict:
         """The resolved config: what identifies the run and what `--resume` compares."""
         # Settings that do not change the trained weights stay out of the run's identity.
-        # The schedule actually used stands in for the settings it was built from.
+        # A run is identified by what it trains on, how (the schedule actually used, the
+        # precision) and what it records (its evaluations); bookkeeping settings (checkpoint
+        # cadence, threads, compilation) and inputs to rules (tpp, the schedule's settings) are not.
         not_identity = ("tokens", "tpp", "lr", "batch_size", "warmup", "checkpoint_every", "device", "dtype",
                         "threads", "compile", "eval_points", "eval_tokens", "schedule", "cooldown_frac",
                         "cooldown_shape", "min_lr_frac")
         train = {k: v for k, v in self.config.to_dict()["train"].items() if k not in not_identity}
         schedule = asdict(self.schedule)
+        device_type, dtype = resolved_precision(self.config.train.device, self.config.train.dtype)
         train |= {"batch_size": self.batch_size, "lr": self.lr, "schedule": schedule,
-                  "eval_tokens": self.config.train.eval_tokens}
+                  "eval_tokens": self.config.train.eval_tokens, "device": device_type, "dtype": dtype}
         if self.extendable:
             del schedule["total_steps"]
         else:
@@ -196,34 +200,6 @@ def _autocast(placement: Placement):
 
 # --- signals ---------------------------------------------------------------------------------
 
-@contextmanager
-def _stop_requests() -> Iterator[dict]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (a step is never torn)."""
-    flag = {"stop": False}
-
-    def handler(signum, frame):  # noqa: ANN001
-        if flag["stop"] and signum == signal.SIGINT:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        flag["stop"] = True
-
-    previous = {}
-    in_main = hasattr(signal, "SIGINT") and _is_main_thread()
-    if in_main:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    try:
-        yield flag
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-def _is_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 # --- the run ---------------------------------------------------------------------------------
 
 class Reporter:
@@ -258,19 +234,18 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
         raise UserError(f"this run was planned on corpus {plan.corpus_key} but is given {corpus.key}; plan it again")
     resolved = plan.resolved()
     run_id = plan.run_id
-    _claim_directory(out_dir, resolved, resume)
-    with _exclusive(out_dir):
-        done = out_dir / "DONE"
-        if done.exists():
-            done_step = json.loads(done.read_text())["step"]
-            if done_step >= plan.total_steps or not plan.extendable:
+    claim_directory(out_dir, resolved, resume=resume)
+    with exclusive(out_dir):
+        done = read_marker(out_dir, "DONE")
+        if done is not None:
+            if done["step"] >= plan.total_steps or not plan.extendable:
                 if (store.get_run(run_id) or {}).get("status") != "done":
                     store.upsert_run(run_id, status="done", message=None)  # e.g. a store rebuilt from runs
-                return RunResult(run_id, "done", out_dir, done_step, store.points(run_id))
-            done.unlink()  # a longer trunk was asked for: continue from the last checkpoint
-        if (out_dir / "DIVERGED").exists():
-            info = json.loads((out_dir / "DIVERGED").read_text())
-            raise Diverged(run_id, info["step"], info["loss"])
+                return RunResult(run_id, "done", out_dir, done["step"], store.points(run_id))
+            (out_dir / "DONE").unlink()  # a longer trunk was asked for: continue from the last checkpoint
+        diverged = read_marker(out_dir, "DIVERGED")
+        if diverged is not None:
+            raise Diverged(run_id, diverged["step"], diverged["loss"])
         return _train(plan, corpus, store, out_dir, resolved, run_id, reporter, stop_at_step, on_step)
 
 
@@ -287,7 +262,7 @@ def _train(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, r
         n_embedding=counts.embedding, n_nonembedding=counts.non_embedding, param_convention=PARAM_CONVENTION,
         flops_per_token=fpt, corpus_key=corpus.key, corpus_hash=corpus.content_hash, tokenizer=corpus.tokenizer_name,
         unique_train_tokens=sampler.unique_tokens, seed=t.seed, device=placement.describe(),
-        dtype=str(placement.dtype).removeprefix("torch."), versions=_versions(), out_dir=str(out_dir.resolve()),
+        dtype=str(placement.dtype).removeprefix("torch."), versions=versions(), out_dir=str(out_dir.resolve()),
     )
 
     torch.manual_seed(t.seed)
@@ -308,13 +283,12 @@ def _train(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, r
     loss_log = _LossLog(out_dir / "train_loss.f32", keep=step - first_step)
     token_bytes = torch.as_tensor(corpus.token_bytes)
     val_windows = fixed_windows(corpus.tokens("val"), plan.seq_len, t.eval_tokens)
-    train_windows = fixed_windows(corpus.tokens("train")[: sampler.unique_tokens], plan.seq_len,
-                                  int(val_windows.shape[0] * plan.seq_len))
+    # the train subset: windows the run trains on first, so the gap compares seen with unseen text
+    train_windows = sampler.first_windows(val_windows.shape[0])
     run_model = torch.compile(model) if (t.compile and placement.device.type == "cuda") else model
     pending_evals = [s for s in plan.eval_steps if s > step]
     snapshot_steps = set(plan.snapshot_steps)
     end = plan.total_steps if stop_at_step is None else min(plan.total_steps, stop_at_step)
-    points: list[dict] = []
     last_ckpt_time = time.monotonic()
     window_loss, window_steps = window  # mean training-batch loss since the last evaluation
 
@@ -331,7 +305,7 @@ def _train(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, r
 
     reporter.start(plan, step)
     try:
-        with _stop_requests() as stop:
+        with stop_requests() as stop:
             while step < end:
                 t0 = time.perf_counter()
                 lr = plan.lr * plan.schedule.multiplier(step)
@@ -356,7 +330,6 @@ def _train(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, r
                                              step, wall, fpt, window_loss / window_steps, lr)
                     window_loss, window_steps = 0.0, 0
                     store.add_point(run_id, **record)
-                    points.append(record)
                     with open(out_dir / "metrics.jsonl", "a") as fh:
                         fh.write(json.dumps({k: v for k, v in record.items()}) + "\n")
                     reporter.point(record)
@@ -381,7 +354,7 @@ def _train(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, r
 
     # the store first: a kill between the two leaves a run that a resume finishes in no steps
     store.upsert_run(run_id, status="done", message=None)
-    (out_dir / "DONE").write_text(json.dumps({"step": step, "sha256": sha}))
+    write_marker(out_dir, "DONE", {"step": step, "sha256": sha})
     return RunResult(run_id, "done", out_dir, step, store.points(run_id))
 
 
@@ -417,72 +390,22 @@ def _evaluate_point(model, plan: RunPlan, placement, sampler, val_windows, train
         step=step, tokens=tokens, flops=tokens * fpt, train_loss=train_loss, val_loss=val_loss,
         val_bpb=val_bpb, train_bpb=train_bpb, epoch=sampler.epochs_at(step), phase=plan.schedule.phase(step - 1),
         lr=lr, wall_time=wall, tokens_per_s=(tokens / wall if wall > 0 else None),
-        extra={"batch_loss": batch_loss},
+        # share of the train subset the run had trained on (1 once past its first few steps)
+        extra={"batch_loss": batch_loss,
+               "train_subset_seen": min(1.0, step * plan.batch_size / max(1, len(train_windows)))},
     )
 
 
 def _record_divergence(store: Store, out_dir: Path, run_id: str, step: int, loss: float, loss_log: "_LossLog") -> None:
     loss_log.flush()
-    (out_dir / "DIVERGED").write_text(json.dumps({"step": step, "loss": str(loss)}))
+    write_marker(out_dir, "DIVERGED", {"step": step, "loss": str(loss)})
     store.upsert_run(run_id, status="diverged", diverged_step=step, message=f"loss {loss} at step {step}")
 
 
 def make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
     t = plan.config.train
-    # Weight decay on matrices only; norms' gains and (tied) embeddings are left undecayed.
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed")]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or n.startswith("embed")]
-    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = placement.device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=plan.lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=fused or None)
-
-
-@contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
-    """Hold the run directory's lock: two processes never train the same run at once (an
-    orphaned worker of a killed study may still be finishing it)."""
-    import fcntl
-
-    with open(out_dir / ".lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusy(f"{out_dir} is being trained by another process; wait for it or stop it") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _claim_directory(out_dir: Path, resolved: dict, resume: bool) -> None:
-    """Make `out_dir` this run's directory, refusing to mix runs."""
-    config_path = out_dir / "config.json"
-    if config_path.exists():
-        old = json.loads(config_path.read_text())
-        if old != json.loads(json.dumps(resolved)):
-            changes = "; ".join(diff_configs(old, json.loads(json.dumps(resolved)))[:4])
-            raise UserError(f"{out_dir} holds a run with a different config ({changes}); use another --out")
-        if not resume and not (out_dir / "DONE").exists():
-            raise UserError(f"{out_dir} already holds this run; pass --resume to continue it, or another --out")
-        return
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create run directory {out_dir}: {exc.strerror}; pass another --out") from None
-    if any(out_dir.iterdir()):
-        raise UserError(f"{out_dir} is not empty and holds no scalinglab run; pass another --out")
-    tmp = config_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(resolved, indent=2, sort_keys=True))
-    os.replace(tmp, config_path)
-
-
-def _versions() -> dict:
-    return {"python": platform.python_version(), "torch": torch.__version__, "scalinglab": __version__,
-            "numpy": np.__version__}
+    return adamw(model, lr=plan.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2),
+                 fused=placement.device.type == "cuda")
 
 
 class _LossLog:
@@ -519,7 +442,3 @@ def read_loss_log(out_dir: Path) -> np.ndarray:
     """Per-step training losses (nats/token, before each update) of a run."""
     path = Path(out_dir) / "train_loss.f32"
     return np.fromfile(path, dtype=np.float32) if path.exists() else np.zeros(0, dtype=np.float32)
-
-
-def prepare_for(cfg: RunConfig, cache_dir: Path | None = None) -> PreparedCorpus:
-    return prepare_corpus(cfg.corpus, cache_dir)
