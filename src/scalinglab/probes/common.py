@@ -46,7 +46,8 @@ from scalinglab.errors import UserError
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token
 from scalinglab.store import Store, open_store
 from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from scalinglab.train.loop import Interrupted, _stop_requests, _versions
+from scalinglab.train.loop import Interrupted
+from scalinglab.train.rundir import stop_requests, versions
 from scalinglab.train.schedules import Schedule
 
 LN2 = math.log(2.0)
@@ -288,7 +289,7 @@ def fit_sequences(
             group_name=record.probe, config={**config, "meta": record.meta}, n_total=counts.total,
             n_embedding=counts.embedding, n_nonembedding=counts.non_embedding, param_convention=PARAM_CONVENTION,
             flops_per_token=fpt, seed=recipe.seed, device=placement.describe(), dtype="float32",
-            versions=_versions(), out_dir=str(out_dir.resolve()), unique_train_tokens=int(n * L),
+            versions=versions(), out_dir=str(out_dir.resolve()), unique_train_tokens=int(n * L),
         )
 
     data_dev = data.to(device)
@@ -316,7 +317,7 @@ def fit_sequences(
     if not done:
         model.train()
         last_save = time.monotonic()
-        with _stop_requests() as stop:
+        with stop_requests() as stop:
             while step < recipe.steps:
                 t0 = time.perf_counter()
                 for group in optimizer.param_groups:

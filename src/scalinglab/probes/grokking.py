@@ -63,7 +63,8 @@ from scalinglab.probes.modular import (
 )
 from scalinglab.store import Store, open_store
 from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint
-from scalinglab.train.loop import Interrupted, _stop_requests, _versions
+from scalinglab.train.loop import Interrupted
+from scalinglab.train.rundir import stop_requests, versions
 
 PROBE = "grokking"
 MEMORISED_AT = 0.99  # train accuracy that counts as memorised
@@ -314,7 +315,7 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
                          n_total=n_params, n_embedding=int(model.number_embedding().numel()),
                          n_nonembedding=n_params - int(model.number_embedding().numel()),
                          param_convention="total", seed=cfg.seed, device=placement.describe(), dtype="float32",
-                         versions=_versions(), out_dir=str(out_dir.resolve()))
+                         versions=versions(), out_dir=str(out_dir.resolve()))
     if not history:  # epoch 0: the untrained model, for the start of every curve
         history.append(evaluate())
         unstored.append(history[-1])
@@ -323,7 +324,7 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
 
     model.train()
     last_save = time.monotonic()
-    with _stop_requests() as stop:
+    with stop_requests() as stop:
         while status is None:
             if stop_at_epoch is not None and epoch >= stop_at_epoch:
                 status = "stopped"
