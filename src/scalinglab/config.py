@@ -220,6 +220,25 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
+def build_run_config(path: str | Path | None, sets: list[str], **flags: Any) -> RunConfig:
+    """A config file, then `section.field=value` overrides, then explicit settings given as
+    `section__field=value` (None: not given). A size given replaces a params count and the
+    other way round; a tpp budget given alone replaces a token budget from the file."""
+    cfg = apply_overrides(load_config(path), sets)
+    data = cfg.to_dict()
+    for key, value in flags.items():
+        if value is not None:
+            section, name = key.split("__")
+            data[section][name] = value
+    if flags.get("model__params") is not None:
+        data["model"]["size"] = None
+    if flags.get("model__size") is not None:
+        data["model"]["params"] = None
+    if flags.get("train__tpp") is not None and flags.get("train__tokens") is None:
+        data["train"]["tokens"] = None
+    return RunConfig.from_dict(data)  # checks every value's type
+
+
 def resolve_model(spec: ModelSpec, vocab_size: int) -> ModelConfig:
     """The concrete shape for a model spec and vocabulary."""
     common = dict(vocab_size=vocab_size, mlp_ratio=spec.mlp_ratio, tie_embeddings=spec.tie_embeddings)

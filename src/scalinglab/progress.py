@@ -7,14 +7,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from scalinglab.fmt import human
 from scalinglab.train.loop import Reporter, RunPlan
-
-
-def _fmt(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}"
 
 
 class RichReporter(Reporter):
@@ -45,8 +39,8 @@ class RichReporter(Reporter):
         self._progress.start()
         total = plan.total_steps * plan.batch_tokens
         self._task = self._progress.add_task(
-            self.label, total=plan.total_steps, completed=step, tokens=_fmt(step * plan.batch_tokens),
-            total_tokens=_fmt(total), loss="-", rate="-",
+            self.label, total=plan.total_steps, completed=step, tokens=human(step * plan.batch_tokens),
+            total_tokens=human(total), loss="-", rate="-",
         )
 
     def step(self, step: int, tokens: int, loss: float, tokens_per_s: float) -> None:
@@ -56,14 +50,14 @@ class RichReporter(Reporter):
         now = time.monotonic()
         if self._progress is not None and (now - self._last_refresh > 0.2):
             self._last_refresh = now
-            self._progress.update(self._task, completed=step, tokens=_fmt(tokens), loss=f"{self._loss:.3f}",
-                                  rate=_fmt(self._rate))
+            self._progress.update(self._task, completed=step, tokens=human(tokens), loss=f"{self._loss:.3f}",
+                                  rate=human(self._rate))
 
     def point(self, record: dict) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=record["step"], tokens=_fmt(record["tokens"]))
+            self._progress.update(self._task, completed=record["step"], tokens=human(record["tokens"]))
             self._progress.console.print(
-                f"  step {record['step']:>7}  tokens {_fmt(record['tokens']):>6}  val {record['val_loss']:.4f} nats"
+                f"  step {record['step']:>7}  tokens {human(record['tokens']):>6}  val {record['val_loss']:.4f} nats"
                 f"  {record['val_bpb']:.4f} bpb  train {record['train_loss']:.4f}  gap {record['val_loss'] - record['train_loss']:+.4f}",
                 highlight=False,
             )

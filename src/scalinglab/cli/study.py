@@ -8,13 +8,7 @@ from typing import Optional
 import typer
 
 from scalinglab.cli.app import DEFAULT_DB, app, console, err_console
-
-
-def _fmt(n: float) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.3g}"
+from scalinglab.fmt import human
 
 
 def print_grid(study) -> None:  # noqa: ANN001 - PreparedStudy
@@ -28,8 +22,8 @@ def print_grid(study) -> None:  # noqa: ANN001 - PreparedStudy
         largest = max(m.end_step for m in s.milestones) * s.batch_tokens
         table.add_row(
             f"{s.n:,}", f"{s.model.n_layer}x{s.model.d_model}", f"{s.batch_size}x{s.seq_len}", f"{s.lr:.2e}",
-            str(s.warmup), " ".join(f"{m.tpp:.3g}" for m in s.milestones), _fmt(largest),
-            _fmt(s.tokens_per_s) if s.tokens_per_s else "-",
+            str(s.warmup), " ".join(f"{m.tpp:.3g}" for m in s.milestones), human(largest),
+            human(s.tokens_per_s) if s.tokens_per_s else "-",
         )
     console.print(table)
     estimate = grid.estimate_seconds()
@@ -147,7 +141,7 @@ def print_results(result) -> None:  # noqa: ANN001 - StudyResult
 
     table = Table("N", "D", "tokens/param", "val loss", "val bpb", "train-val gap", "epochs")
     for row in result.points.itertuples():
-        table.add_row(f"{row.N:,}", _fmt(row.D), f"{row.tokens_per_param:.3g}", f"{row.val_loss:.4f}",
+        table.add_row(f"{row.N:,}", human(row.D), f"{row.tokens_per_param:.3g}", f"{row.val_loss:.4f}",
                       f"{row.val_bpb:.4f}", f"{row.gap:+.4f}", f"{row.epoch:.2f}")
     console.print(table)
     if not len(result.summary):

@@ -11,26 +11,6 @@ from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_numb
 from scalinglab.errors import UserError
 
 
-def build_config(config: Optional[Path], sets: list[str], **flags):
-    """Config file, then `--set section.field=value`, then explicit flags (None = not given)."""
-    from scalinglab.config import apply_overrides, load_config
-
-    cfg = apply_overrides(load_config(config), sets)
-    sections = {"corpus": cfg.corpus, "model": cfg.model, "train": cfg.train}
-    for key, value in flags.items():
-        if value is None:
-            continue
-        section, name = key.split("__")
-        setattr(sections[section], name, value)
-    if flags.get("model__params") is not None:
-        cfg.model.size = None
-    if flags.get("model__size") is not None:
-        cfg.model.params = None
-    if flags.get("train__tpp") is not None and flags.get("train__tokens") is None:
-        cfg.train.tokens = None
-    return cfg
-
-
 @app.command()
 def train(
     corpus: Optional[str] = typer.Option(None, help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
@@ -71,7 +51,9 @@ def train(
     from scalinglab.store import open_store
     from scalinglab.train import Diverged, Interrupted, plan_run, train_run
 
-    cfg = build_config(
+    from scalinglab.config import build_run_config
+
+    cfg = build_run_config(
         config, set_,
         corpus__source=corpus, corpus__field=field, corpus__glob=glob, corpus__tokenizer=tokenizer,
         corpus__vocab_size=vocab_size, model__size=size,
