@@ -53,6 +53,9 @@ def test_corpus_info_prints_splits_and_baselines(run_cli, text_corpus):
         (["--schedule", "linear"], "unknown schedule"),
         (["--tokens", "lots"], "cannot read 'lots' as a number"),
         (["--set", "train.lrr=1"], "unknown field(s) in [train]"),
+        (["--set", "train.lr=abc"], "train.lr must be a number"),
+        (["--set", "train.seq_len=1.5"], "train.seq_len must be a whole number"),
+        (["--resume", "--out", "runs/never-started"], "nothing to resume"),
     ],
 )
 def test_bad_numbers_and_paths(run_cli, text_corpus, tmp_path, monkeypatch, args, needle):
