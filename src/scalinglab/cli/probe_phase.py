@@ -60,7 +60,6 @@ def grokking(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Grokking on modular arithmetic: epochs to memorise and to generalise, progress measures."""
-    import dataclasses
 
     from scalinglab.probes import figures_phase as figs
     from scalinglab.probes.grokking import GrokConfig, compare_grokfast as compare, sweep_fractions, train_grokking
@@ -193,7 +192,7 @@ def repetition(
 ) -> None:
     """Repeated epochs and junk data at fixed N and D, against Muennighoff et al. 2023's law."""
     from scalinglab.cli.app import parse_number
-    from scalinglab.cli.train import build_config
+    from scalinglab.config import build_run_config
     from scalinglab.corpus import prepare_corpus
     from scalinglab.probes import figures_phase as figs
     from scalinglab.probes.repetition import RepetitionConfig, parse_epochs, parse_junk, run_repetition, summary_lines
@@ -202,7 +201,7 @@ def repetition(
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    base = build_config(
+    base = build_run_config(
         config, set_, corpus__source=corpus, corpus__tokenizer=tokenizer,
         model__size=size if (size or params) else (None if config or set_ else "30k"),
         model__params=parse_number(params, "--params") if params else None,
@@ -232,7 +231,7 @@ def repetition(
 def _print_repetition(result) -> None:  # noqa: ANN001
     from rich.table import Table
 
-    from scalinglab.progress import _fmt as si
+    from scalinglab.fmt import human as si
 
     table = Table("role", "epochs", "U", "D", "junk", "val nats", "val bpb", "train nats", "predicted", "D eff")
     num = lambda v, f: "-" if v is None or v != v else format(v, f)  # noqa: E731
