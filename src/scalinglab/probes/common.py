@@ -9,22 +9,26 @@ data is a tensor of sequences `(n, L)` rather than a corpus split, batches are w
 The API, kept small and stable:
 
     FitRecipe            how to train (steps, LR, schedule, batch, eval cadence, seed)
-    fit_sequences(...)   train one model, resumable; returns a FitResult (model + eval history)
+    fit_sequences(...)   train one model, resumable; returns a SequenceFit (model + eval history)
     sequence_bits(...)   per-sequence negative log-likelihood in bits (n,) of any model
     ProbeRecord          where and under which name a fit is recorded in the results store
     probe_kind(name)     "probe:<name>", the run kind and the result kind of a probe
     put_probe_result / probe_results   analysis outputs of a probe in the store
-    run_parallel(...)    map a picklable function over jobs, one process per CPU core
+    read_history(path)   the evaluation lines of a fit directory's history.jsonl
+    run_parallel(...)    map a picklable function over jobs on worker processes, one torch
+                         thread each, with a progress bar
 
 Prediction convention: a sequence of L tokens is L-1 predictions, token t+1 from tokens 1..t.
 The first token has no context and is never scored. `loss_mask` (shape (L-1,) or (n, L-1))
 restricts training loss and scoring to some predicted positions (e.g. only an answer token).
 
 A fit is a directory holding `config.json` (what identifies it), `last.pt` (the latest
-checkpoint, atomic), `history.jsonl` (one line per evaluation) and `DONE` once finished.
-Calling `fit_sequences` again on a finished directory loads the model and returns at once; on
-an unfinished one it resumes from the checkpoint and ends bit-identical (on CPU) to an
-uninterrupted fit.
+checkpoint, atomic), `history.jsonl` (one line per evaluation) and `DONE` once finished (or
+`DIVERGED` after a NaN/inf loss). The run-directory mechanics are the main loop's
+(`scalinglab.train.rundir`): a folder holding another fit is refused, and a lock keeps two
+processes from training one fit at once. Calling `fit_sequences` again on a finished directory
+loads the model and returns at once; on an unfinished one it resumes from the checkpoint and
+ends bit-identical (on CPU) to an uninterrupted fit; on a diverged one it raises `Diverged`.
 """
 
 from __future__ import annotations
@@ -32,22 +36,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scalinglab.config import config_hash
 from scalinglab.errors import UserError
+from scalinglab.fsutil import atomic_write_text
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token
 from scalinglab.store import Store, open_store
 from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from scalinglab.train.loop import Interrupted
-from scalinglab.train.rundir import stop_requests, versions
+from scalinglab.train.loop import Diverged, Interrupted
+from scalinglab.train.optim import adamw
+from scalinglab.train.rundir import claim_directory, exclusive, read_marker, stop_requests, versions, write_marker
 from scalinglab.train.schedules import Schedule
 
 LN2 = math.log(2.0)
@@ -125,7 +132,7 @@ class FitRecipe:
 
 
 @dataclass
-class FitResult:
+class SequenceFit:
     """A finished (or stopped-early) fit. `points` holds one dict per evaluation with `step`,
     `train_loss` (nats per scored token), `train_bits` (total bits over the training set),
     `lr`, `wall_time` and whatever `evaluate` added."""
@@ -232,7 +239,7 @@ def fit_sequences(
     record: ProbeRecord | None = None,
     on_step: Callable[[int, float], None] | None = None,
     identity: dict | None = None,
-) -> FitResult:
+) -> SequenceFit:
     """Train a fresh GPT of shape `model_cfg` on the sequences `data` (n, L), resumably.
 
     evaluate(model, train_seq_bits) -> extra numbers for each evaluation point (e.g. held-out
@@ -243,8 +250,10 @@ def fit_sequences(
     on_step(step, loss): progress callback.
     identity: extra JSON-able facts that distinguish this fit from others with the same data.
 
-    Raises `Interrupted` after checkpointing on SIGINT/SIGTERM; `UserError` when `out_dir`
-    holds a different fit.
+    Raises `Interrupted` after checkpointing on SIGINT/SIGTERM; `Diverged` after recording a
+    NaN/inf loss (a DIVERGED marker, the store row's status "diverged"), and again on every
+    later call; `RunBusy` while another process trains the same directory; `UserError` when
+    `out_dir` holds a different fit.
     """
     out_dir = Path(out_dir)
     mask = _check_data(data, model_cfg.vocab_size, loss_mask)
@@ -255,11 +264,20 @@ def fit_sequences(
         "data": {"shape": list(data.shape), "digest": data_digest(data, loss_mask)},
         "identity": identity or {},
     }
-    run_id = f"{record.probe if record else 'fit'}-{hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]}"
-    _claim(out_dir, config)
+    run_id = f"{record.probe if record else 'fit'}-{config_hash(config)}"
+    claim_directory(out_dir, config, what="fit", fix="remove it or choose another output folder")
+    with exclusive(out_dir), keep_torch_threads():
+        return _fit(model_cfg, data, mask, recipe, out_dir, config, run_id, evaluate=evaluate, stop_when=stop_when,
+                    record=record, on_step=on_step)
 
+
+def _fit(model_cfg: ModelConfig, data: torch.Tensor, mask: torch.Tensor | None, recipe: FitRecipe, out_dir: Path,
+         config: dict, run_id: str, *, evaluate, stop_when, record, on_step) -> SequenceFit:  # noqa: ANN001
     from scalinglab.device import place
 
+    diverged = read_marker(out_dir, "DIVERGED")
+    if diverged is not None:
+        raise Diverged(run_id, diverged["step"], float(diverged["loss"]))
     placement = place(recipe.device, recipe.dtype, recipe.threads)
     device = placement.device
     n, L = data.shape
@@ -271,7 +289,8 @@ def fit_sequences(
 
     torch.manual_seed(recipe.seed)
     model = GPT(model_cfg).to(device)
-    optimizer = _optimizer(model, recipe, fused=device.type == "cuda")
+    optimizer = adamw(model, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(recipe.beta1, recipe.beta2),
+                      eps=recipe.eps, fused=device.type == "cuda")
     history_path, last = out_dir / "history.jsonl", out_dir / "last.pt"
     step, wall, points = 0, 0.0, []
     if last.exists():
@@ -280,8 +299,9 @@ def fit_sequences(
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         step, wall = state["step"], state["extra"]["wall_time"]
-        points = [p for p in _read_history(history_path) if p["step"] <= step]
-    done = (out_dir / "DONE").exists()
+        points = [p for p in read_history(history_path) if p["step"] <= step]
+    done_marker = read_marker(out_dir, "DONE")  # an empty one (torn by a crash) reads as absent
+    done = done_marker is not None
 
     if store is not None and not done:
         store.upsert_run(
@@ -299,9 +319,7 @@ def fit_sequences(
     def save() -> None:
         save_checkpoint(last, model=model, optimizer=optimizer, step=step, config=config,
                         extra={"wall_time": wall})
-        with open(history_path.with_suffix(".tmp"), "w") as fh:
-            fh.writelines(json.dumps(p, sort_keys=True) + "\n" for p in points)
-        os.replace(history_path.with_suffix(".tmp"), history_path)
+        atomic_write_text(history_path, "".join(json.dumps(p, sort_keys=True) + "\n" for p in points))
 
     def evaluate_now() -> tuple[dict, np.ndarray]:
         bits = sequence_bits(model, data_dev, mask_dev)
@@ -312,13 +330,17 @@ def fit_sequences(
             point.update({k: float(v) for k, v in evaluate(model, bits).items()})
         return point, bits
 
-    stopped_early = done and json.loads((out_dir / "DONE").read_text()).get("stopped_early", False)
+    stopped_early = bool(done and done_marker.get("stopped_early", False))
+    # A fit that stopped early and crashed before its DONE marker was complete stops again here.
+    if (not done and stop_when is not None and points and points[-1]["step"] == step < recipe.steps
+            and stop_when(points)):
+        stopped_early = True
     seq_bits = None
     if not done:
         model.train()
         last_save = time.monotonic()
         with stop_requests() as stop:
-            while step < recipe.steps:
+            while step < recipe.steps and not stopped_early:
                 t0 = time.perf_counter()
                 for group in optimizer.param_groups:
                     group["lr"] = recipe.lr * schedule.multiplier(step)
@@ -331,9 +353,12 @@ def fit_sequences(
                     weights = mask_dev if idx is None else mask_dev[idx.to(device)]
                     loss = (nats * weights).sum() / weights.sum().clamp_min(1.0)
                 loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
-                    raise UserError(f"the fit in {out_dir} diverged at step {step} (loss {loss_value}); "
-                                    "lower the learning rate")
+                if not math.isfinite(loss_value):  # before touching the weights, as the main loop does
+                    write_marker(out_dir, "DIVERGED", {"step": step, "loss": str(loss_value)})
+                    if store is not None:
+                        store.upsert_run(run_id, status="diverged", diverged_step=step,
+                                         message=f"loss {loss_value} at step {step}")
+                    raise Diverged(run_id, step, loss_value)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if recipe.grad_clip > 0:
@@ -353,11 +378,10 @@ def fit_sequences(
                     last_save = time.monotonic()
                     if stop_when is not None and step < recipe.steps and stop_when(points):
                         stopped_early = True
-                        break
                 elif time.monotonic() - last_save > recipe.checkpoint_every:
                     save()
                     last_save = time.monotonic()
-                if stop["stop"]:
+                if stop["stop"] and not stopped_early:
                     save()
                     if store is not None:
                         store.upsert_run(run_id, status="interrupted", message=f"stopped at step {step}")
@@ -366,14 +390,27 @@ def fit_sequences(
             point, seq_bits = evaluate_now()
             points.append(point)
         save()
-        (out_dir / "DONE").write_text(json.dumps({"step": step, "stopped_early": stopped_early}))
+        # the store first: a kill between the two leaves a fit that a rerun finishes in no steps
         if store is not None:
             store.upsert_run(run_id, status="done", message="stopped early" if stopped_early else None)
+        write_marker(out_dir, "DONE", {"step": step, "stopped_early": stopped_early})
     model.eval()
     if seq_bits is None:
         seq_bits = sequence_bits(model, data_dev, mask_dev)
-    return FitResult(model=model, run_id=run_id, out_dir=out_dir, steps=step, points=points,
-                     stopped_early=stopped_early, seq_bits=seq_bits, wall_time=wall)
+    return SequenceFit(model=model, run_id=run_id, out_dir=out_dir, steps=step, points=points,
+                       stopped_early=stopped_early, seq_bits=seq_bits, wall_time=wall)
+
+
+@contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore torch's thread count on leaving: training pins it (one thread per worker), which
+    must not outlive the call in a caller's process (a notebook, a test)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 def _batch_indices(step: int, n: int, batch: int, seed: int) -> torch.Tensor | None:
@@ -387,32 +424,9 @@ def _batch_indices(step: int, n: int, batch: int, seed: int) -> torch.Tensor | N
     return torch.from_numpy(order[k * batch : (k + 1) * batch])
 
 
-def _optimizer(model: GPT, recipe: FitRecipe, fused: bool) -> torch.optim.Optimizer:
-    decay = [p for name, p in model.named_parameters() if p.dim() >= 2 and not name.startswith("embed")]
-    rest = [p for name, p in model.named_parameters() if p.dim() < 2 or name.startswith("embed")]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.beta1, recipe.beta2), eps=recipe.eps,
-                             fused=fused or None)
-
-
-def _claim(out_dir: Path, config: dict) -> None:
-    """Make `out_dir` this fit's directory; refuse one that holds another fit."""
-    path = out_dir / "config.json"
-    wanted = json.loads(json.dumps(config, sort_keys=True))
-    if path.exists():
-        if json.loads(path.read_text()) != wanted:
-            raise UserError(f"{out_dir} holds a different fit; remove it or choose another output folder")
-        return
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {out_dir}: {exc.strerror}; choose another output folder") from None
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(wanted, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _read_history(path: Path) -> list[dict]:
+def read_history(path: Path) -> list[dict]:
+    """The evaluation lines of a history.jsonl (empty when there is none)."""
+    path = Path(path)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -438,81 +452,55 @@ def probe_results(store: Store, probe: str) -> list[dict]:
 
 # --- many small fits in parallel -----------------------------------------------------------------
 
-def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int = 2, label: str = "probe",
-                 describe: Callable[[Any], str] = str, console=None) -> list[Any]:  # noqa: ANN001
-    """`[fn(job) for job in jobs]`, one process per worker with one torch thread each, with a
-    progress bar over jobs. `fn` and the jobs must be picklable (a module-level function).
+def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int | None = None,
+                 label: str = "probe", describe: Callable[[Any], str] = str, console=None) -> list[Any]:  # noqa: ANN001
+    """`[fn(job) for job in jobs]` on `workers` processes (`scalinglab.parallel.map_jobs`: one
+    torch thread each; a worker that dies is replaced and its job retried; default: one per CPU
+    core), with a progress bar over the jobs. `fn` and the jobs must be picklable (a
+    module-level function).
 
-    With workers <= 1 the jobs run in this process (simplest to debug, and what tests use).
-    Ctrl-C: each worker's fit checkpoints and stops; finished jobs are already in their
-    directories, so rerunning the same command resumes. A job's `UserError` is raised here as
-    a `UserError`, an interrupted job as `KeyboardInterrupt`, after the pool has shut down.
+    With workers <= 1 (or a single job) the jobs run in this process, one torch thread, the
+    caller's thread count restored afterwards. The first job that raises stops the dispatch of
+    new ones; its `UserError` is raised here as a `UserError`, an interrupted job (Ctrl-C: each
+    running fit checkpoints and stops) as `KeyboardInterrupt`. Finished jobs are in their
+    directories, so rerunning the same work resumes it.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = console or Console(stderr=True)
+    from scalinglab.device import default_workers
+    from scalinglab.parallel import map_jobs
+
+    workers = default_workers() if workers is None else workers
     progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[last]}"), console=console, transient=False)
-    results: list[Any] = [None] * len(jobs)
+                        TextColumn("{task.fields[last]}"), console=console or Console(stderr=True))
     with progress:
         task = progress.add_task(label, total=len(jobs), last="")
         if workers <= 1 or len(jobs) <= 1:
-            torch.set_num_threads(1)
-            for i, job in enumerate(jobs):
-                results[i] = fn(job)
-                progress.update(task, advance=1, last=describe(job))
+            results = []
+            with keep_torch_threads():
+                torch.set_num_threads(1)
+                for job in jobs:
+                    try:
+                        results.append(_call((fn, job)))
+                    except Interrupted as exc:  # as from the pool: callers handle one kind
+                        raise KeyboardInterrupt(str(exc)) from None
+                    progress.update(task, advance=1, last=describe(job))
             return results
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
-        # spawn, not fork: a forked child of a process that has used OpenMP can deadlock.
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_worker_init) as pool:
-            futures = {pool.submit(_call_in_worker, fn, job): i for i, job in enumerate(jobs)}
-            try:
-                for future in as_completed(futures):
-                    i = futures[future]
-                    status, value = future.result()
-                    if status == "interrupted":
-                        raise KeyboardInterrupt(value)
-                    if status == "user_error":
-                        raise UserError(value)
-                    results[i] = value
-                    progress.update(task, advance=1, last=describe(jobs[i]))
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-    return results
+        return map_jobs(_call, [(fn, job) for job in jobs], workers=workers,
+                        on_done=lambda i, _value: progress.update(task, advance=1, last=describe(jobs[i])))
 
 
-_worker_interrupted = False  # set in a worker process once a signal has stopped one of its jobs
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-    import signal
-
-    def note(signum, frame):  # noqa: ANN001 - a signal between jobs
-        global _worker_interrupted
-        _worker_interrupted = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, note)
-
-
-def _call_in_worker(fn: Callable[[Any], Any], job: Any) -> tuple[str, Any]:
-    # Exceptions with extra constructor arguments (Interrupted) do not survive pickling back to
-    # the parent, so a worker reports them as plain values. Once interrupted, a worker refuses
-    # the jobs already queued to it, so Ctrl-C stops the pool instead of starting new fits.
-    global _worker_interrupted
-    if _worker_interrupted:
-        return "interrupted", "interrupted before it started"
+def _call(item: tuple[Callable[[Any], Any], Any]) -> Any:
+    # The pool passes a UserError through by its class name, so a subclass (RunBusy) is sent
+    # as a plain UserError to keep its one-line message; a diverged fit (already recorded in its
+    # directory and the store) becomes one too, with what to do about it.
+    fn, job = item
     try:
-        return "ok", fn(job)
-    except (Interrupted, KeyboardInterrupt) as exc:
-        _worker_interrupted = True
-        return "interrupted", str(exc)
+        return fn(job)
+    except Diverged as exc:
+        raise UserError(f"{exc}; lower the learning rate (a rerun with the same settings stops here again)") from None
     except UserError as exc:
-        return "user_error", str(exc)
+        if type(exc) is UserError:
+            raise
+        raise UserError(str(exc)) from None

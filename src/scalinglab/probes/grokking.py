@@ -38,14 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from scalinglab.config import config_hash
 from scalinglab.errors import UserError
-from scalinglab.probes.common import _claim, _read_history, probe_kind, put_probe_result, run_parallel
+from scalinglab.fsutil import atomic_write_text
+from scalinglab.probes.common import probe_kind, put_probe_result, read_history, run_parallel
 from scalinglab.probes.modular import (
     MODELS,
     ModularTask,
@@ -64,7 +64,7 @@ from scalinglab.probes.modular import (
 from scalinglab.store import Store, open_store
 from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint
 from scalinglab.train.loop import Interrupted
-from scalinglab.train.rundir import stop_requests, versions
+from scalinglab.train.rundir import claim_directory, exclusive, stop_requests, versions
 
 PROBE = "grokking"
 MEMORISED_AT = 0.99  # train accuracy that counts as memorised
@@ -250,15 +250,22 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
 
     progress(record) is called after every evaluation with the history row plus "max_epochs".
     stop_at_epoch ends the call early with status "stopped" (the run stays resumable).
-    Raises `Interrupted` after checkpointing on SIGINT/SIGTERM.
+    Raises `Interrupted` after checkpointing on SIGINT/SIGTERM; `RunBusy` while another process
+    trains the same directory.
     """
-    from scalinglab.device import place
-
     cfg = cfg.resolved()
     out_dir = Path(out_dir)
+    claim_directory(out_dir, cfg.identity(), what="grokking run", fix="remove it or choose another output folder")
+    with exclusive(out_dir):
+        return _train(cfg, out_dir, db=db, progress=progress, stop_at_epoch=stop_at_epoch)
+
+
+def _train(cfg: GrokConfig, out_dir: Path, *, db: Path | str | None, progress: Callable[[dict], None] | None,
+           stop_at_epoch: int | None) -> GrokRun:
+    from scalinglab.device import place
+
     identity = cfg.identity()
     run_id = cfg.run_id
-    _claim(out_dir, identity)
     task = ModularTask(cfg.p, cfg.op)
     train_idx, test_idx = task.split(cfg.train_frac, cfg.seed)
     placement = place(cfg.device, "float32", cfg.threads)
@@ -280,7 +287,7 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
         optimizer.load_state_dict(state["optimizer"])
         epoch, wall = state["step"], state["extra"]["wall_time"]
         grad_ema = {k: v.to(device) for k, v in state["extra"].get("grad_ema", {}).items()}
-    history = [h for h in _read_history(history_path) if h["epoch"] <= epoch]
+    history = [h for h in read_history(history_path) if h["epoch"] <= epoch]
     unstored: list[dict] = []  # points not yet written to the store (written at checkpoints)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -299,9 +306,7 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
     def save() -> None:
         save_checkpoint(last, model=model, optimizer=optimizer, step=epoch, config=identity,
                         extra={"wall_time": wall, "grad_ema": {k: v.cpu() for k, v in grad_ema.items()}})
-        tmp = history_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
-        os.replace(tmp, history_path)
+        atomic_write_text(history_path, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
         if store is not None:
             for h in unstored:
                 _store_point(store, run_id, h, n_train=len(train_idx), n_params=n_params)
@@ -334,6 +339,9 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
                 group["lr"] = cfg.lr * _warmup(epoch, cfg.warmup)
             loss = F.cross_entropy(model(a[tr], b[tr]), c[tr])
             if not math.isfinite(float(loss.detach())):
+                if store is not None:
+                    store.upsert_run(run_id, status="diverged", diverged_step=epoch,
+                                     message=f"loss {float(loss.detach())} at epoch {epoch}")
                 raise UserError(f"grokking run {run_id} diverged at epoch {epoch} (loss {float(loss.detach())}); "
                                 "lower --lr")
             optimizer.zero_grad(set_to_none=True)
