@@ -153,8 +153,10 @@ def test_ctrl_c_stops_the_pool_and_a_rerun_keeps_finished_runs(tmp_path):
     import time
 
     out = tmp_path / "out"
+    # Fits start largest first: the two 6 bits/param fits run all 3,000 steps side by side (the
+    # wider one slower), so the Ctrl-C sent once the first of them is done lands mid-training.
     cmd = [sys.executable, "-m", "scalinglab", "probe", "capacity", "--models", "1x8,1x16", "--vocab", "16",
-           "--seq-len", "9", "--bits-per-param", "0.25,6", "--steps", "600", "--workers", "2",
+           "--seq-len", "9", "--bits-per-param", "0.25,6", "--steps", "3000", "--workers", "2",
            "--db", str(tmp_path / "x.db"), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240

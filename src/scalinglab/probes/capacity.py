@@ -53,9 +53,8 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -76,6 +75,7 @@ PROBE = "capacity"
 ANCHOR_BITS_PER_PARAM = 3.6  # Morris et al. 2025, bf16 (3.83 in fp32)
 ANCHOR_BITS_PER_PARAM_FP32 = 3.83
 FULLY_MEMORISED = 0.99  # of the knowable bits: a run this far stops early, converged
+MIN_SIZES_FOR_ALPHA = 3  # model sizes behind an α that other probes prefer
 CONVERGED_GAIN = 0.02  # a run that gained < 2% of its bits over its last doubling of steps
 
 
@@ -143,6 +143,12 @@ class CapacityConfig:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def fit_key(self) -> str:
+        """What one fit's folder is keyed by: every setting but the lists of models and data sizes,
+        so a changed recipe gets new folders and adding a size reuses the finished ones."""
+        recipe = {k: v for k, v in self.to_dict().items() if k not in ("models", "data_bits_per_param")}
+        return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -414,7 +420,7 @@ def capacity_jobs(cfg: CapacityConfig, out_dir: Path, db: Path | None) -> list[C
         params = count_params(model_config(*shape, cfg.vocab_size)).total
         sizes = sorted({cfg.sequences_for(params, r) for r in cfg.data_bits_per_param})
         for n in sizes:
-            jobs.append(CapacityJob(cfg, shape, n, Path(out_dir) / f"{shape[0]}x{shape[1]}-n{n}", db))
+            jobs.append(CapacityJob(cfg, shape, n, Path(out_dir) / f"{shape[0]}x{shape[1]}-n{n}-{cfg.fit_key()}", db))
     return jobs
 
 
@@ -442,7 +448,8 @@ def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None
         lambda v: order.get(tuple(int(x) for x in v.split("x")), 0) if isinstance(v, str) else v)).reset_index(drop=True)
     # Convergence: each capacity fit that did not store everything gets a twin with half the steps.
     twins = [CapacityJob(cfg, (int(r.n_layer), int(r.d_model)), int(r.n_sequences),
-                         out_dir / f"{r.model}-n{r.n_sequences}-steps{cfg.steps // 2}", db_path, steps=cfg.steps // 2)
+                         out_dir / f"{r.model}-n{r.n_sequences}-{cfg.fit_key()}-steps{cfg.steps // 2}", db_path,
+                         steps=cfg.steps // 2)
              for r in capacity_runs(runs).itertuples() if not r.stopped_early]
     twin_rows = run_parallel(run_capacity_job, twins, workers=workers, label="capacity: half-length twins",
                              describe=lambda j: j.label, console=console) if twins else []
@@ -457,9 +464,15 @@ def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None
 
 
 def latest_alpha(store) -> dict | None:  # noqa: ANN001
-    """The most recent capacity summary in the store (α, its interval, convention), or None."""
-    found = probe_results(store, PROBE)
-    return found[-1] if found else None
+    """The capacity summary other probes should compare with (α, its interval, convention), or None.
+
+    The newest one with a usable α (finite, positive) fitted across at least MIN_SIZES_FOR_ALPHA
+    model sizes; failing that, the newest usable one. A quick two-size run made later does not
+    displace a fuller measurement."""
+    usable = [r for r in probe_results(store, PROBE)
+              if isinstance(r.get("alpha"), (int, float)) and math.isfinite(r["alpha"]) and r["alpha"] > 0]
+    full = [r for r in usable if len(r.get("models") or []) >= MIN_SIZES_FOR_ALPHA]
+    return (full or usable or [None])[-1]
 
 
 def _finite_median(values) -> float | None:  # noqa: ANN001

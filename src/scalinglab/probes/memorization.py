@@ -149,6 +149,14 @@ class SubsetCorpus:
     def unique_train_tokens(self) -> int:
         return len(self._train)
 
+    @property
+    def key(self) -> str:
+        """The base corpus's key and the subset's pieces: a run's identity names the exact
+        documents it trained on, so subsets cut differently (another --doc-tokens, seed or
+        pool) never share a run directory."""
+        digest = hashlib.sha256(np.ascontiguousarray(self.pieces, dtype=np.int64).tobytes()).hexdigest()[:12]
+        return f"{self.base.key}-subset-{digest}"
+
     def __getattr__(self, name: str):  # noqa: ANN204 - delegate the rest (meta, key, token_bytes, ...)
         return getattr(self.base, name)
 
@@ -477,7 +485,7 @@ def run_memorization(cfg: MemorizationConfig, out_dir: Path | str, db: Path | st
     rows["capacity_bits"] = capacity
     rows["storable"] = rows["D"] * bpt <= capacity
     study_rows = measure_study(store, db, study, cfg, cache_dir) if study else None
-    sizes = [(f"probe model", n_params, p_total)]
+    sizes = [("probe model", n_params, p_total)]
     if study_rows is not None and len(study_rows):
         sizes += [(f"study N={int(n):,}", int(n), int(p)) for n, p in
                   study_rows[["N", "P"]].drop_duplicates().sort_values("N").itertuples(index=False)]
