@@ -12,6 +12,7 @@ Python standard library source), then on each test file reports
 
     python benchmarks/compress.py                     # ~3-4 CPU-minutes of training, then ~10 minutes
     python benchmarks/compress.py --max-bytes 0       # whole files (slower)
+    python benchmarks/compress.py --model RUN_DIR     # measure an existing model, no training
 """
 
 from __future__ import annotations
@@ -107,10 +108,14 @@ def main() -> None:
     parser.add_argument("--max-bytes", type=int, default=256 * 1024, help="bytes of each file (0: whole files)")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="chunks per forward batch")
     parser.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default: the context, 256)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="measure this run directory instead of training the benchmark's model")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    model_dir = train_or_reuse(args.workdir, args.tokens)
+    model_dir = args.model or train_or_reuse(args.workdir, args.tokens)
+    if args.model:
+        print(f"model: {args.model} (given)", flush=True)
     files = test_files(args.workdir, args.max_bytes)
     comp = load_compressor(model_dir)
     settings = BenchSettings(chunk_size=args.chunk_size, batch_size=args.batch, threads=1, device="cpu")
