@@ -52,6 +52,7 @@ class StudyProgress:
                                  TextColumn("{task.fields[state]}"), TimeElapsedColumn(), TextColumn("eta"),
                                  TimeRemainingColumn(), console=err_console)
         self.task = self.progress.add_task("study", total=self.total, state="")
+        self._reported: set[str] | None = None  # runs already announced (None: before the first tick)
 
     def __enter__(self):
         self.progress.start()
@@ -64,6 +65,14 @@ class StudyProgress:
         done = sum(self._steps_done(t) for t in tasks)
         running = [t for t in tasks if t.status == "running"]
         finished = sum(t.status == "done" for t in tasks)
+        # a line per run finished in this invocation: the only progress a log file (no live bar) gets
+        first_tick = self._reported is None
+        self._reported = self._reported or set()
+        for t in tasks:
+            if t.status == "done" and t.plan.name not in self._reported:
+                self._reported.add(t.plan.name)
+                if not first_tick:
+                    self.progress.console.print(f"  done: {t.plan.name.split('/', 1)[1]}", highlight=False)
         state = f"{finished}/{len(tasks)} runs done; running: " + ", ".join(
             t.plan.name.split("/", 1)[1] for t in running)
         self.progress.update(self.task, completed=done, state=state)
@@ -146,17 +155,25 @@ def print_results(result) -> None:  # noqa: ANN001 - StudyResult
     console.print(table)
     if not len(result.summary):
         return
-    fits = Table("N", "L(D) = E + B/D^β: β [95%]", "E [95%]", "loss at 20/param", "at the largest D",
-                 "gain past 20:1", "next doubling", title="does the loss keep improving at fixed N?")
+    fits = Table("N", "β [95%]", "E [95%]", "L at 20", "L at max", "max D/N", "gain", "next 2x",
+                 title="does the loss keep improving at fixed N? L(D) = E + B/D^β per N")
+    floorless = []
     for row in result.summary.itertuples():
         beta = _with_interval(row.beta) if row.beta else "- (too few points)"
         e = _with_interval(row.E) if row.E else "-"
+        if row.E and row.E[0] < 1e-6:  # the fit put the floor at its bound: the curve shows none yet
+            e, floorless = "0 (bound)", floorless + [f"{row.N:,}"]
         nxt = f"-{row.next_doubling_gain:.4f}" if row.next_doubling_gain is not None else "-"
-        fits.add_row(f"{row.N:,}", beta, e, f"{row.loss_at_20:.4f}", f"{row.loss_at_max:.4f} "
-                     f"({row.max_tokens_per_param:.0f}/param)", f"-{row.improvement_past_20:.4f}", nxt)
+        fits.add_row(f"{row.N:,}", beta, e, f"{row.loss_at_20:.4f}", f"{row.loss_at_max:.4f}",
+                     f"{row.max_tokens_per_param:.0f}", f"-{row.improvement_past_20:.4f}", nxt)
     console.print(fits)
+    console.print("L at 20 / L at max: val loss (nats/token) at 20 tokens/param and at the largest D; gain: the "
+                  "drop between them; next 2x: the fit's predicted drop from doubling the largest D once more")
     console.print("intervals: 95% bootstrap over an N's points (shown from 6 points); an N's points share one "
                   "trunk, so they understate seed-to-seed variation")
+    if floorless:
+        console.print(f"N = {', '.join(floorless)}: no loss floor is visible yet (E at its bound 0): the points "
+                      "still fall as a pure power law, so β describes the range measured, not the asymptote")
 
 
 def _with_interval(value: tuple[float, float, float]) -> str:
