@@ -74,3 +74,28 @@ def test_a_model_used_in_inference_mode_still_trains():
     loss = model(idx[:, :-1]).logsumexp(-1).mean()
     loss.backward()  # would fail on tables created as inference tensors
     assert model.embed.weight.grad is not None
+
+
+def test_rotary_attention_scores_depend_only_on_relative_position():
+    from scalinglab.model import Rotary, apply_rotary
+
+    torch.manual_seed(0)
+    head_dim, length = 16, 40
+    rotations = Rotary(head_dim, 10000.0).tables(length, torch.device("cpu"))[:length]
+    q, k = torch.randn(head_dim), torch.randn(head_dim)
+    # the same query and key at every position: (1, T, 1, hd)
+    rq = apply_rotary(q.expand(1, length, 1, head_dim), rotations)[0, :, 0]
+    rk = apply_rotary(k.expand(1, length, 1, head_dim), rotations)[0, :, 0]
+    scores = rq @ rk.T  # (T, T): query position x key position
+    for shift in (1, 7, 20):
+        assert torch.allclose(scores[:-shift, :-shift], scores[shift:, shift:], atol=1e-4)
+    assert torch.allclose(rq.norm(dim=-1), q.norm().expand(length), atol=1e-5)  # a rotation: norms kept
+    assert not torch.allclose(scores[0, 0], scores[0, 5])  # and positions do matter
+
+
+def test_the_compiled_rotary_form_computes_the_same_rotation():
+    from scalinglab.model import Rotary, apply_rotary, rotate_pairs_real
+
+    x = torch.randn(2, 12, 3, 8)
+    rotations = Rotary(8, 10000.0).tables(12, torch.device("cpu"))[:12]
+    assert torch.allclose(apply_rotary(x, rotations), rotate_pairs_real(x, rotations), atol=1e-6)
