@@ -54,7 +54,9 @@ from scalinglab.compress.lm import CodingSetup, CodingStats, LMCoder, fit_batch
 from scalinglab.errors import UserError
 
 MAGIC = b"SLLM"
-VERSION = 1
+# The version names the format and the model computation behind its probabilities: 2 pairs
+# rotary dimensions as adjacent (complex) pairs, which changes every probability of version 1.
+VERSION = 2
 _FIXED = struct.Struct("<4sBBBBIIIQQQI32s32sH")
 _DEVICES = {"cpu": 0, "cuda": 1}
 
