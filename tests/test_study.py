@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from scalinglab.corpus import CorpusConfig, prepare_corpus
 from scalinglab.errors import UserError
 from scalinglab.store import load_points, open_store
-from scalinglab.study import analyse, execute, prepare_study, study_preset
+from scalinglab.study import analyse, execute, prepare_study
 from scalinglab.study import grid as grid_module
 from scalinglab.study.grid import StudyConfig, parse_budget, plan_grid, size_plan
 from scalinglab.study.runner import build_tasks, run_tasks
@@ -133,6 +132,7 @@ def test_data_repetition_is_reported_or_refused(text_corpus, tmp_path, run_cli, 
     (["--budget", "soon"], "cannot read budget"),
     (["--preset", "huge"], "unknown study preset"),
     (["--sizes", "1e5", "--budget", "1s"], "too small"),
+    (["--fit-from", "-5"], "--fit-from must be"),
     (["--sizes", "big"], "cannot read size"),
 ])
 def test_study_input_errors(run_cli, tmp_path, monkeypatch, text_corpus, args, needle):
@@ -235,3 +235,20 @@ def test_a_longer_study_continues_the_same_trunks(text_corpus, tmp_path):
     for key, stamp in first_branches.items():
         assert (tmp_path / "out" / short.study_id / "runs" / key / "DONE").stat().st_mtime_ns == stamp
     assert len(analyse(longer, bootstrap=0).points) == len(longer.grid.sizes[0].milestones)
+
+
+def test_per_n_fits_cover_only_the_points_past_the_fit_start():
+    import pandas as pd
+
+    from scalinglab.study.analysis import fit_per_n
+
+    n = 10_000
+    tpp = 5 * 2 ** (np.arange(10) / 2)  # 5 .. 113 tokens/param, sqrt 2 apart
+    loss = 1.5 + 400.0 / (tpp * n) ** 0.5
+    loss[tpp < 20] += 0.3 * (20 - tpp[tpp < 20]) / 15  # short, warmup-bound branches sit above the law
+    points = pd.DataFrame({"N": n, "D": tpp * n, "tokens_per_param": tpp, "val_loss": loss})
+    fit = fit_per_n(points, bootstrap=0)[0]
+    assert fit.n_points == int((tpp >= 20 * 0.98).sum()) and fit.D_min == 20 * n
+    assert fit.E[0] == pytest.approx(1.5, rel=1e-3) and fit.beta[0] == pytest.approx(0.5, rel=1e-2)
+    everything = fit_per_n(points, bootstrap=0, from_tpp=0)[0]
+    assert everything.n_points == len(points) and abs(everything.beta[0] - 0.5) > 0.05  # the bent fit

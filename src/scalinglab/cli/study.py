@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from scalinglab.cli.app import DEFAULT_DB, app, console, err_console
+from scalinglab.errors import UserError
 from scalinglab.fmt import human
 
 
@@ -98,6 +99,7 @@ def study(
     name: Optional[str] = typer.Option(None, help="Study name (default: the preset's)."),
     no_repeat: bool = typer.Option(False, "--no-repeat", help="Stop if the largest D would repeat data."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned grid and stop."),
+    fit_from: float = typer.Option(20.0, "--fit-from", help="Fit L(D) per N over the points at and past this many tokens/param."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     out: Path = typer.Option(Path("study"), "--out", help="Where study folders go."),
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
@@ -122,6 +124,8 @@ def study(
     cfg.corpus = CorpusConfig(**{**cfg.corpus.__dict__, **{k: v for k, v in dict(
         source=corpus, field=field, glob=glob, tokenizer=tokenizer, vocab_size=vocab_size).items() if v is not None}})
 
+    if not (fit_from >= 0 and fit_from == fit_from and fit_from != float("inf")):
+        raise UserError(f"--fit-from must be a number of tokens/param >= 0, got {fit_from}")
     err_console.print(f"preparing corpus {cfg.corpus.source!r} and planning the grid...")
     prepared = prepare_study(cfg, db, out, cache_dir=cache_dir)
     print_grid(prepared)
@@ -136,7 +140,7 @@ def study(
     for task in tasks:
         if task.status in ("diverged", "failed", "skipped"):
             err_console.print(f"{task.plan.name}: {task.status} {task.message.splitlines()[0] if task.message else ''}")
-    result = analyse(prepared)
+    result = analyse(prepared, fit_from_tpp=fit_from)
     print_results(result)
     console.print(f"results: {result.csv}  figures: {', '.join(str(p) for p in result.figures)}  store: {db} "
                   f"(group {prepared.study_id})")
@@ -159,7 +163,7 @@ def print_results(result) -> None:  # noqa: ANN001 - StudyResult
                  title="does the loss keep improving at fixed N? L(D) = E + B/D^β per N")
     floorless = []
     for row in result.summary.itertuples():
-        beta = _with_interval(row.beta) if row.beta else "- (too few points)"
+        beta = _with_interval(row.beta) if row.beta else f"- (< 4 points past {result.fit_from_tpp:g}/param)"
         e = _with_interval(row.E) if row.E else "-"
         if row.E and row.E[0] < 1e-6:  # the fit put the floor at its bound: the curve shows none yet
             e, floorless = "0 (bound)", floorless + [f"{row.N:,}"]
@@ -169,8 +173,9 @@ def print_results(result) -> None:  # noqa: ANN001 - StudyResult
     console.print(fits)
     console.print("L at 20 / L at max: val loss (nats/token) at 20 tokens/param and at the largest D; gain: the "
                   "drop between them; next 2x: the fit's predicted drop from doubling the largest D once more")
-    console.print("intervals: 95% bootstrap over an N's points (shown from 6 points); an N's points share one "
-                  "trunk, so they understate seed-to-seed variation")
+    console.print(f"fits over each N's points at and past {result.fit_from_tpp:g} tokens/param (--fit-from; shorter "
+                  "branches sit near or inside the warmup); intervals: 95% bootstrap over those points (shown from "
+                  "6), conditional on the one trunk they share, so they understate seed-to-seed variation")
     if floorless:
         console.print(f"N = {', '.join(floorless)}: no loss floor is visible yet (E at its bound 0): the points "
                       "still fall as a pure power law, so β describes the range measured, not the asymptote")

@@ -24,7 +24,7 @@ from scalinglab.config import config_hash
 from scalinglab.corpus.prepare import PreparedCorpus, prepare_corpus
 from scalinglab.errors import UserError
 from scalinglab.store import open_store
-from scalinglab.study.analysis import DataFit, fit_per_n, study_points, summary_rows, trunk_points
+from scalinglab.study.analysis import FIT_FROM_TPP, DataFit, fit_per_n, study_points, summary_rows, trunk_points
 from scalinglab.study.grid import Grid, StudyConfig, parse_budget, plan_grid, size_plan, study_preset
 from scalinglab.study.runner import StudyRuns, Task, build_tasks, run_tasks
 
@@ -55,6 +55,7 @@ class StudyResult:
     csv: Path
     figures: list[Path]
     tasks: list[Task]
+    fit_from_tpp: float = FIT_FROM_TPP  # the fits cover points at and past this many tokens/param
 
     @property
     def failed(self) -> list[Task]:
@@ -120,13 +121,14 @@ def execute(study: PreparedStudy, on_tick=None) -> list[Task]:
     return run_tasks(study.runs, study.corpus, study.db, study.config.workers, on_tick=on_tick)
 
 
-def analyse(study: PreparedStudy, bootstrap: int = 400) -> StudyResult:
-    """Collect the study's points from the store, fit L(D) per N, write study.csv and figures."""
+def analyse(study: PreparedStudy, bootstrap: int = 400, fit_from_tpp: float = FIT_FROM_TPP) -> StudyResult:
+    """Collect the study's points from the store, fit L(D) per N over its points at and past
+    `fit_from_tpp` tokens/param, write study.csv and figures."""
     from scalinglab.study.figures import draw_all
 
     points = study_points(study.db, study.study_id)
     trunk = trunk_points(study.db, study.study_id)
-    fits = fit_per_n(points, bootstrap=bootstrap) if len(points) else []
+    fits = fit_per_n(points, bootstrap=bootstrap, from_tpp=fit_from_tpp) if len(points) else []
     summary = summary_rows(points, fits) if len(points) else pd.DataFrame()
     study.study_dir.mkdir(parents=True, exist_ok=True)
     csv = study.study_dir / "study.csv"
@@ -136,7 +138,8 @@ def analyse(study: PreparedStudy, bootstrap: int = 400) -> StudyResult:
     for fit in fits:
         store.put_result("study-fit", f"{study.study_id}/N{fit.N}", {
             "study": study.study_id, "N": fit.N, "n_points": fit.n_points, "form": "L(D) = E + B/D^beta",
+            "fit_from_tokens_per_param": fit_from_tpp, "D_min": fit.D_min,
             "E": fit.E, "B": fit.B, "beta": fit.beta, "converged": fit.converged,
         })
     return StudyResult(points=points, trunk=trunk, fits=fits, summary=summary, csv=csv, figures=figures,
-                       tasks=study.runs.tasks)
+                       tasks=study.runs.tasks, fit_from_tpp=fit_from_tpp)

@@ -34,7 +34,7 @@ def loss_vs_data(points: pd.DataFrame, trunk: pd.DataFrame, fits: list[DataFit],
         ax.plot(group["D"], group["val_loss"], "o", color=c, label=_label(n))
         fit = fit_by_n.get(n)
         if fit:
-            d = np.geomspace(group["D"].min(), group["D"].max() * 2, 100)
+            d = np.geomspace(fit.D_min, group["D"].max() * 2, 100)  # the fitted range and one more doubling
             lo, hi = fit.beta[1], fit.beta[2]
             ax.plot(d, fit.predict(d), "-", color=c, alpha=0.8,
                     label=f"  fit β = {fit.beta[0]:.2f} [{lo:.2f}, {hi:.2f}], E = {fit.E[0]:.2f}")
