@@ -115,3 +115,27 @@ def _square(x: int) -> int:
 def test_run_parallel_keeps_job_order():
     assert run_parallel(_square, [3, 1, 2], workers=2) == [9, 1, 4]
     assert run_parallel(_square, [3, 1, 2], workers=1) == [9, 1, 4]
+
+
+def test_a_diverged_fit_is_recorded_and_refused_on_rerun(tmp_path):
+    from scalinglab.train import Diverged
+    from scalinglab.train.rundir import read_marker
+
+    recipe = FitRecipe(steps=50, lr=1e30, warmup=0, grad_clip=0.0, eval_every=10)
+    record = ProbeRecord(tmp_path / "p.db", "demo", name="too hot")
+    with pytest.raises(Diverged) as first:
+        fit_sequences(CFG, data(), recipe, tmp_path / "fit", record=record)
+    marker = read_marker(tmp_path / "fit", "DIVERGED")
+    assert marker is not None and marker["step"] == first.value.step < 50
+    (run,) = open_store(tmp_path / "p.db").runs(group="demo")
+    assert run["status"] == "diverged"
+    with pytest.raises(Diverged):  # a rerun stops at once instead of training again
+        fit_sequences(CFG, data(), recipe, tmp_path / "fit", record=record)
+    # through the pool wrapper it is one line a user can act on
+    with pytest.raises(UserError, match="diverged.*lower the learning rate"):
+        run_parallel(_fit_hot, [str(tmp_path / "fit2")], workers=1)
+
+
+def _fit_hot(out_dir: str):
+    recipe = FitRecipe(steps=50, lr=1e30, warmup=0, grad_clip=0.0, eval_every=10)
+    return fit_sequences(CFG, data(), recipe, out_dir)
