@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +50,7 @@ from scalinglab.compress import DEFAULT_BATCH
 from scalinglab.compress.coder import PRECISION
 from scalinglab.compress.lm import CodingSetup, CodingStats, LMCoder, fit_batch
 from scalinglab.errors import UserError
+from scalinglab.fsutil import atomic_open
 
 MAGIC = b"SLLM"
 # The version names the format and the model computation behind its probabilities: 2 pairs
@@ -298,27 +297,15 @@ def atomic_output(path: str | Path, *, force: bool = False, source: Path | None 
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"cannot write {path}: the folder {parent} does not exist; create it or choose another output")
+    created = False  # atomic_open makes its temporary file on entry, before any coding
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=parent)
-    except OSError as exc:
-        raise UserError(f"cannot write to {parent}: {exc.strerror}; choose another output") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_open(path, suffix=".partial") as fh:
+            created = True
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the output the usual mode
-        os.replace(tmp, path)
     except OSError as exc:
+        if not created:
+            raise UserError(f"cannot write to {parent}: {exc.strerror}; choose another output") from None
         raise UserError(f"cannot write {path}: {exc.strerror}; check the space and permissions there") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def compress_file(model: str | Path | Compressor, input: str | Path, output: str | Path, *, force: bool = False,

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 
 from scalinglab.config import config_hash
 from scalinglab.errors import UserError
-from scalinglab.fsutil import atomic_write_text
+from scalinglab.fsutil import atomic_open, atomic_write_json, atomic_write_text
 from scalinglab.probes.common import probe_kind, put_probe_result, read_history, run_parallel
 from scalinglab.probes.modular import (
     MODELS,
@@ -299,9 +298,8 @@ def _train(cfg: GrokConfig, out_dir: Path, *, db: Path | str | None, progress: C
     def snapshot() -> None:
         path = out_dir / "snapshots" / f"{epoch:07d}.pt"
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
-        os.replace(tmp, path)
+        with atomic_open(path) as fh:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, fh)
 
     def save() -> None:
         save_checkpoint(last, model=model, optimizer=optimizer, step=epoch, config=identity,
@@ -476,9 +474,7 @@ def progress_measures(cfg: GrokConfig, task: ModularTask, final_model: torch.nn.
             "grid_train_loss": grid_loss(logits, answers, train_cells),
             "grid_test_loss": grid_loss(logits, answers, test_cells),
         })
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"final_epoch": epoch, "key_frequencies": keys, "rows": rows}))
-    os.replace(tmp, cache)
+    atomic_write_json(cache, {"final_epoch": epoch, "key_frequencies": keys, "rows": rows})
     return pd.DataFrame(rows), keys
 
 

@@ -56,6 +56,7 @@ import torch
 from scalinglab.config import ModelSpec, RunConfig, TrainConfig, resolve_model
 from scalinglab.corpus.prepare import CorpusConfig, PreparedCorpus, classical_bpb, prepare_corpus
 from scalinglab.errors import UserError
+from scalinglab.fsutil import atomic_write_json
 from scalinglab.model import count_params
 from scalinglab.probes.common import probe_kind, put_probe_result, run_parallel, sequence_bits
 
@@ -322,9 +323,7 @@ def run_eval_job(job: EvalJob) -> dict:
         "auc_loss": auc(-t_mem, -t_val), "auc_reference": auc(r_mem - t_mem, r_val - t_val),
         "model_run": job.model_dir.name, "reference_run": job.reference_dir.name,
     }
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row, sort_keys=True))
-    tmp.replace(cache)
+    atomic_write_json(cache, row, sort_keys=True)
     return row
 
 

@@ -9,9 +9,7 @@ either the old checkpoint or the new one, never a torn file.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from scalinglab.errors import UserError
+from scalinglab.fsutil import atomic_open
 
 
 def rng_state() -> dict:
@@ -55,16 +54,8 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         "extra": extra or {},
         "tokenizer": tokenizer,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as fh:
+        torch.save(payload, fh)
     return file_sha256(path)
 
 
