@@ -31,6 +31,7 @@ from scalinglab.compress.runs import RunInfo, run_info
 from scalinglab.corpus.prepare import split_bytes
 from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, count_params
+from scalinglab.train.rundir import read_marker
 
 KIND = "compress-vs-data"
 
@@ -57,14 +58,9 @@ def _checkpoint_step(info: RunInfo) -> tuple[int, bool]:
     """The step of the run's last.pt, and whether it ends a fixed-length run. Trunks record no
     total_steps (a longer study extends them), so the step comes from the DONE marker, or else
     from the checkpoint itself."""
-    done = info.out_dir / "DONE"
-    step = None
-    if done.exists():
-        try:
-            step = int(json.loads(done.read_text())["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            step = None  # unreadable marker: the checkpoint says
-    if step is None:
+    done = read_marker(info.out_dir, "DONE")  # None when absent or unreadable: the checkpoint says
+    step = done.get("step") if isinstance(done, dict) else None
+    if not isinstance(step, int):
         from scalinglab.train.checkpoint import load_checkpoint
 
         try:
@@ -72,7 +68,7 @@ def _checkpoint_step(info: RunInfo) -> tuple[int, bool]:
         except (KeyError, TypeError, ValueError):
             raise UserError(f"{info.out_dir / 'last.pt'} records no training step; give a scalinglab run") from None
     total = info.train.get("total_steps")
-    return step, done.exists() and total is not None and step == int(total)
+    return step, done is not None and total is not None and step == int(total)
 
 
 def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n: int | None) -> list[Target]:  # noqa: ANN001

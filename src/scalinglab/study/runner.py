@@ -22,6 +22,7 @@ from scalinglab.corpus.prepare import PreparedCorpus
 from scalinglab.parallel import WorkerPool
 from scalinglab.study.grid import Grid, SizePlan
 from scalinglab.train.loop import RunPlan
+from scalinglab.train.rundir import read_marker
 from scalinglab.train.schedules import Schedule
 
 MAX_ATTEMPTS = 3  # a task whose worker dies this often is given up (and reported)
@@ -141,7 +142,8 @@ def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, o
 
     store = open_store(db)
     for task in runs.tasks:
-        finished = (task.out_dir / "DONE").exists() and _done_step(task) >= task.plan.total_steps
+        done = read_marker(task.out_dir, "DONE")
+        finished = done is not None and done.get("step", -1) >= task.plan.total_steps
         # a run whose store row does not say done yet goes to a worker, which settles it in no steps
         if finished and (store.get_run(task.key) or {}).get("status") == "done":
             task.status = "done"
@@ -190,15 +192,6 @@ def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, o
     finally:
         pool.close()
     return runs.tasks
-
-
-def _done_step(task: Task) -> int:
-    import json
-
-    try:
-        return json.loads((task.out_dir / "DONE").read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return -1
 
 
 def _settle(task: Task, status: str, message: str) -> None:

@@ -245,7 +245,7 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
             (out_dir / "DONE").unlink()  # a longer trunk was asked for: continue from the last checkpoint
         diverged = read_marker(out_dir, "DIVERGED")
         if diverged is not None:
-            raise Diverged(run_id, diverged["step"], diverged["loss"])
+            raise Diverged(run_id, diverged["step"], float(diverged["loss"]))
         return _train(plan, corpus, store, out_dir, resolved, run_id, reporter, stop_at_step, on_step)
 
 
