@@ -10,6 +10,7 @@ import typer
 from scalinglab.cli.app import DEFAULT_DB, console, err_console, parse_number
 from scalinglab.cli.probe import probe_app
 from scalinglab.errors import UserError
+from scalinglab.fmt import human
 
 
 def _numbers(text: str, name: str) -> tuple[float, ...]:
@@ -133,14 +134,6 @@ def memorization(
                   f"(kind probe:memorization, key {cfg.key()})", highlight=False)
 
 
-def _bits(value: float) -> str:
-    """Compact bit counts for narrow terminals: 138,976 -> '139k'."""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.0f}"
-
-
 def _print_memorization(result) -> None:  # noqa: ANN001
     from rich.table import Table
 
@@ -154,8 +147,8 @@ def _print_memorization(result) -> None:  # noqa: ANN001
     for row in result.rows.itertuples():
         share = "-" if row.sample_specific_share is None else f"{row.sample_specific_share:.1%}"
         bits.add_row(f"{row.tokens_per_param:g}", f"{row.train_bits_per_token:.3f}", f"{row.val_bits_per_token:.3f}",
-                     f"{_bits(row.memorised_bits_calibrated)}±{_bits(row.memorised_bits_calibrated_se)}",
-                     _bits(row.memorised_bits), _bits(row.cheap_memorised_bits), _bits(row.generalised_bits), share)
+                     f"{human(row.memorised_bits_calibrated)}±{human(row.memorised_bits_calibrated_se)}",
+                     human(row.memorised_bits), human(row.cheap_memorised_bits), human(row.generalised_bits), share)
     console.print(bits)
     mia = Table("D/N", "D (tokens)", "AUC loss", "AUC reference", "D·b > α·P", title="membership inference")
     for row in result.rows.itertuples():
@@ -166,10 +159,10 @@ def _print_memorization(result) -> None:  # noqa: ANN001
         st = Table("N", "D", "D/N", "epoch", "val bpt", "cheap gap×D", "AUC loss", title="the study's runs")
         for row in result.study.itertuples():
             st.add_row(f"{row.N:,}", f"{row.D:,.0f}", f"{row.tokens_per_param:.1f}", f"{row.epoch or 0:.2f}",
-                       f"{row.val_bits_per_token:.3f}", _bits(row.cheap_memorised_bits), f"{row.auc_loss:.3f}")
+                       f"{row.val_bits_per_token:.3f}", human(row.cheap_memorised_bits), f"{row.auc_loss:.3f}")
         console.print(st)
     lim = Table("model", "N", "P", "α·P bits", "storable up to D", "as D/N", title="storage limit: D·b = α·P")
     for limit in result.limits:
-        lim.add_row(limit.label, f"{limit.N:,}", f"{limit.P:,}", _bits(limit.capacity_bits), _bits(limit.limit_tokens),
+        lim.add_row(limit.label, f"{limit.N:,}", f"{limit.P:,}", human(limit.capacity_bits), human(limit.limit_tokens),
                     f"{limit.limit_tokens_per_param:.2f}")
     console.print(lim)
