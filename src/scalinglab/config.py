@@ -1,10 +1,14 @@
 """Typed run configuration: a TOML file, then command-line overrides, then resolution.
 
-A config has three sections, each a dataclass with documented fields:
+A run config has four sections, each a dataclass with documented fields:
 
     [corpus]   CorpusConfig  (scalinglab.corpus.prepare)
     [model]    size = "100k" | params = 1e5 | an explicit shape (n_layer, d_model, ...)
-    [train]    TrainConfig   (below)
+    [optim]    OptimConfig   (below: AdamW, clipping, the schedule; shared by every run config)
+    [train]    TrainConfig   (below: budget, batch, evaluation, device)
+
+`build_config` builds any config dataclass (a run's, a probe's) the same way: defaults, a TOML
+file, `--set section.field=value` overrides, then explicit flags; errors name the field.
 
 `resolve_model` turns the model section into a concrete `ModelConfig` once the corpus (and so
 the vocabulary) is known. The resolved config is what a run stores and what `--resume` compares.
@@ -27,6 +31,7 @@ from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, default_heads, preset, shape_for_params
 
 SCHEDULES = ("constant", "cosine", "wsd")
+DECAY_CHOICES = ("matrices", "all")
 COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")
 
 
@@ -49,33 +54,23 @@ class ModelSpec:
 
 
 @dataclass
-class TrainConfig:
-    """How to train.
+class OptimConfig:
+    """How every run steps: AdamW, gradient clipping and the learning-rate schedule.
 
-    tokens / tpp: the budget, in training tokens or tokens per non-embedding parameter (one of
-      them; tokens wins when both are set).
-    batch_size, seq_len: sequences per step and tokens per sequence; batch_size None applies the
-      size rule in `scalinglab.train.hparams`.
+    Every run config includes one (the `[optim]` section); a probe that trains differently
+    states its defaults in one line where it declares its config.
+
     lr: peak learning rate; None applies the width rule in `scalinglab.train.hparams`.
-    warmup: linear warmup steps; None applies the rule (5% of the run, 16..256 steps).
+    warmup: linear warmup steps; None applies the rule (5% of the run, 64..256 steps).
     schedule: constant | cosine | wsd. cosine decays to min_lr_frac x lr; wsd holds the peak, then
       cools down over the last cooldown_frac of the run with cooldown_shape (1-sqrt | linear |
       cosine) to zero.
-    weight_decay, beta1, beta2, grad_clip: AdamW and gradient clipping.
-    eval_points: evaluations, log-spaced over the run (the last step always included).
-    eval_tokens: tokens of the fixed val set and of the fixed train subset per evaluation
-      (0: the whole val split).
-    seed: model initialisation and data order.
-    device: auto | cpu | cuda | cuda:N. dtype: auto | float32 | bfloat16 (auto: float32 on CPU,
-      bfloat16 autocast on CUDA). threads: torch threads on CPU (1: one per worker).
-    compile: torch.compile the model (CUDA).
-    checkpoint_every: seconds between checkpoints (also written at every evaluation).
+    weight_decay: AdamW decay. decay: which parameters it applies to: "matrices" (weight
+      matrices only; norm gains and the embedding are never decayed, as usual for GPTs) or
+      "all" (every parameter, as the grokking papers do).
+    beta1, beta2, eps: AdamW. grad_clip: clip the gradient norm to this (0: off).
     """
 
-    tokens: float | None = None
-    tpp: float | None = 20.0
-    batch_size: int | None = None
-    seq_len: int = 256
     lr: float | None = None
     warmup: int | None = None
     schedule: str = "wsd"
@@ -83,9 +78,72 @@ class TrainConfig:
     cooldown_shape: str = "1-sqrt"
     min_lr_frac: float = 0.1
     weight_decay: float = 0.1
+    decay: str = "matrices"
     beta1: float = 0.9
     beta2: float = 0.95
+    eps: float = 1e-8
     grad_clip: float = 1.0
+
+    def validate(self) -> None:
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"optim.lr must be a positive number, got {self.lr}")
+        if self.warmup is not None and self.warmup < 0:
+            raise UserError(f"optim.warmup must be >= 0 steps, got {self.warmup}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown optim.schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.cooldown_shape not in COOLDOWN_SHAPES:
+            raise UserError(f"unknown optim.cooldown_shape {self.cooldown_shape!r}; "
+                            f"choose one of {', '.join(COOLDOWN_SHAPES)}")
+        if not 0 < self.cooldown_frac <= 1:
+            raise UserError(f"optim.cooldown_frac must lie in (0, 1], got {self.cooldown_frac}")
+        if not 0 <= self.min_lr_frac <= 1:
+            raise UserError(f"optim.min_lr_frac must lie in [0, 1], got {self.min_lr_frac}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise UserError(f"optim.weight_decay must be a number >= 0, got {self.weight_decay}")
+        if self.decay not in DECAY_CHOICES:
+            raise UserError(f"unknown optim.decay {self.decay!r}; choose one of {', '.join(DECAY_CHOICES)}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError(f"optim.beta1 and optim.beta2 must lie in [0, 1), got ({self.beta1}, {self.beta2})")
+        if not self.eps > 0:
+            raise UserError(f"optim.eps must be > 0, got {self.eps}")
+        if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
+            raise UserError(f"optim.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+
+    def schedule_for(self, total_steps: int, warmup: int | None = None) -> "Schedule":  # noqa: F821
+        """The schedule of a run of `total_steps` updates (`warmup`: the resolved warmup when
+        this config leaves it to a rule)."""
+        from scalinglab.train.schedules import Schedule  # the train package imports this module
+
+        warmup = min(self.warmup if warmup is None else warmup, total_steps)
+        decay_start = None
+        if self.schedule == "wsd":
+            decay_start = max(warmup, total_steps - max(1, round(self.cooldown_frac * total_steps)))
+        return Schedule(kind=self.schedule, total_steps=total_steps, warmup_steps=warmup, decay_start=decay_start,
+                        shape=self.cooldown_shape, min_lr_frac=self.min_lr_frac)
+
+
+@dataclass
+class TrainConfig:
+    """How long and on what a corpus run trains (how it steps is `OptimConfig`).
+
+    tokens / tpp: the budget, in training tokens or tokens per non-embedding parameter (one of
+      them; tokens wins when both are set).
+    batch_size, seq_len: sequences per step and tokens per sequence; batch_size None applies the
+      size rule in `scalinglab.train.hparams`.
+    eval_points: evaluations, log-spaced over the run (the last step always included).
+    eval_tokens: tokens of the fixed val set and of the fixed train subset per evaluation
+      (0: the whole val split).
+    seed: model initialisation and data order.
+    device: auto | cpu | cuda | cuda:N. dtype: auto | float32 | bfloat16 (auto: float32 on CPU,
+      bfloat16 autocast on CUDA). threads: torch threads on CPU (1: one per worker).
+    compile: torch.compile the model (CUDA).
+    checkpoint_every: seconds between checkpoints (see `scalinglab.train.engine`).
+    """
+
+    tokens: float | None = None
+    tpp: float | None = 20.0
+    batch_size: int | None = None
+    seq_len: int = 256
     eval_points: int = 12
     eval_tokens: int = 65536
     seed: int = 0
@@ -97,40 +155,29 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.tokens is None and self.tpp is None:
-            raise UserError("give a training budget: --tokens N or --tpp R (tokens per parameter)")
+            raise UserError("give a training budget: train.tokens (--tokens) or train.tpp (--tpp, tokens per parameter)")
         if self.tokens is not None and not (self.tokens > 0 and math.isfinite(self.tokens)):
-            raise UserError(f"--tokens must be a positive number, got {self.tokens}")
+            raise UserError(f"train.tokens must be a positive number, got {self.tokens}")
         if self.tpp is not None and not (self.tpp > 0 and math.isfinite(self.tpp)):
-            raise UserError(f"--tpp must be a positive number, got {self.tpp}")
+            raise UserError(f"train.tpp must be a positive number, got {self.tpp}")
         for name in ("seq_len", "eval_points", "threads"):
             if getattr(self, name) <= 0:
-                raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"train.{name} must be a positive integer, got {getattr(self, name)}")
         if self.batch_size is not None and self.batch_size <= 0:
-            raise UserError(f"batch_size must be a positive integer, got {self.batch_size}")
-        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"lr must be a positive number, got {self.lr}")
-        if self.warmup is not None and self.warmup < 0:
-            raise UserError(f"warmup must be >= 0 steps, got {self.warmup}")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        if self.cooldown_shape not in COOLDOWN_SHAPES:
-            raise UserError(f"unknown cooldown shape {self.cooldown_shape!r}; choose one of {', '.join(COOLDOWN_SHAPES)}")
-        if not 0 < self.cooldown_frac <= 1:
-            raise UserError(f"cooldown_frac must lie in (0, 1], got {self.cooldown_frac}")
-        if not 0 <= self.min_lr_frac <= 1:
-            raise UserError(f"min_lr_frac must lie in [0, 1], got {self.min_lr_frac}")
+            raise UserError(f"train.batch_size must be a positive integer, got {self.batch_size}")
         if self.eval_tokens < 0:
-            raise UserError(f"eval_tokens must be >= 0, got {self.eval_tokens}")
+            raise UserError(f"train.eval_tokens must be >= 0, got {self.eval_tokens}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise UserError(f"unknown dtype {self.dtype!r}; choose auto, float32 or bfloat16")
+            raise UserError(f"unknown train.dtype {self.dtype!r}; choose auto, float32 or bfloat16")
 
 
 @dataclass
 class RunConfig:
-    """Everything that defines a training run."""
+    """Everything that defines a training run on a corpus."""
 
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     model: ModelSpec = field(default_factory=ModelSpec)
+    optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     name: str | None = None
 
@@ -139,39 +186,61 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
-        data = dict(data)
-        unknown = set(data) - {"corpus", "model", "train", "name"}
-        if unknown:
-            raise UserError(f"unknown config section(s): {', '.join(sorted(unknown))}; use corpus, model, train")
-        return cls(
-            corpus=_build(CorpusConfig, data.get("corpus", {}), "corpus"),
-            model=_build(ModelSpec, data.get("model", {}), "model"),
-            train=_build(TrainConfig, data.get("train", {}), "train"),
-            name=data.get("name"),
-        )
+        return from_dict(cls, data)
 
     def validate(self) -> None:
         self.corpus.validate()
+        self.optim.validate()
         self.train.validate()
 
 
-def _build(cls: type, values: dict, section: str) -> Any:
-    names = {f.name for f in fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise UserError(
-            f"unknown field(s) in [{section}]: {', '.join(sorted(unknown))}; known: {', '.join(sorted(names))}"
-        )
+# --- building any config dataclass from a file, --set overrides and flags ------------------------------
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build the config dataclass `cls` from plain data (a TOML table), checking every name and
+    type. A field whose type is itself a config dataclass is a section (a nested table)."""
+    if not isinstance(data, dict):
+        raise UserError(f"[{where.rstrip('.')}] must be a table of settings, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
     hints = typing.get_type_hints(cls)
-    return cls(**{k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()})
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        moved = [f"{where}{k} is now {_moved_to(k)}.{k}" for k in unknown if _moved_to(k) and not where.startswith(_moved_to(k))]
+        hint = "; ".join(moved) if moved else "known: " + ", ".join(sorted(known))
+        names = ", ".join(where + k for k in unknown)
+        raise UserError(f"unknown config field(s) {names}; {hint}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if _is_section(hint):
+            values[name] = from_dict(hint, value, f"{where}{name}.")
+        else:
+            values[name] = _coerce(f"{where}{name}", value, hint)
+    return cls(**values)
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and hasattr(annotation, "__dataclass_fields__")
+
+
+def _moved_to(name: str) -> str | None:
+    """Settings that moved to the shared [optim] section, for a helpful error on old configs."""
+    return "optim" if name in {f.name for f in fields(OptimConfig)} else None
 
 
 def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Check a config value against its field's type (int, float, str, bool, optionally None);
-    ints are accepted where floats are expected."""
+    """Check a config value against its field's type (int, float, str, bool, tuples of those,
+    optionally None); ints are accepted where floats are expected."""
     allowed = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else {annotation}
     if value is None and type(None) in allowed:
         return None
+    for option in allowed:
+        if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
+            args = typing.get_args(option)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value))
+            if len(args) == len(value):
+                return tuple(_coerce(f"{name}[{i}]", v, t) for i, (v, t) in enumerate(zip(value, args)))
     if isinstance(value, bool):
         if bool in allowed:
             return value
@@ -182,61 +251,97 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     elif isinstance(value, str) and str in allowed:
         return value
     wanted = " or ".join(sorted({"a number" if t in (int, float) else "true/false" if t is bool else
-                                 "text" if t is str else "nothing" for t in allowed}))
+                                 "text" if t is str else "a list" if typing.get_origin(t) is tuple else
+                                 "nothing" for t in allowed}))
     if allowed == {int} or allowed == {int, type(None)}:
         wanted = "a whole number" + (" or nothing" if type(None) in allowed else "")
     raise UserError(f"{name} must be {wanted}, got {value!r}")
 
 
-def load_config(path: str | Path | None) -> RunConfig:
-    """Read a TOML config file (or the defaults when `path` is None)."""
+def read_toml(path: str | Path | None) -> dict:
+    """A TOML config file as plain data ({} when `path` is None)."""
     if path is None:
-        return RunConfig()
+        return {}
     path = Path(path)
     if not path.exists():
         raise UserError(f"config file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read {path} as TOML: {exc}") from None
-    return RunConfig.from_dict(data)
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply `section.field=value` overrides (values parsed as TOML, else taken as strings)."""
-    data = cfg.to_dict()
-    for item in overrides:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise UserError(f"--set takes section.field=value (e.g. train.lr=1e-3), got {item!r}")
+def set_value(data: dict, key: str, value: Any) -> None:
+    """Put `value` at the dotted `key` ("optim.lr") of nested plain data."""
+    *sections, name = key.split(".")
+    for section in sections:
+        data = data.setdefault(section, {})
+        if not isinstance(data, dict):
+            raise UserError(f"cannot set {key}: {section} is a value, not a section")
+    data[name] = value
+
+
+def apply_sets(data: dict, sets: list[str]) -> dict:
+    """Apply `--set key=value` overrides (key dotted by section, e.g. optim.lr=1e-3; values parsed
+    as TOML, else taken as text) to plain config data."""
+    for item in sets:
+        if "=" not in item or not item.split("=", 1)[0].strip():
+            raise UserError(f"--set takes field=value or section.field=value (e.g. optim.lr=1e-3), got {item!r}")
         key, raw = item.split("=", 1)
-        section, name = key.strip().split(".", 1)
-        if section not in ("corpus", "model", "train"):
-            raise UserError(f"--set {key}: unknown section {section!r}; use corpus, model or train")
         try:
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        data[section][name] = value
-    return RunConfig.from_dict(data)
+        set_value(data, key.strip(), value)
+    return data
+
+
+def build_config(cls: type, path: str | Path | None = None, sets: list[str] = (), base: Any = None,
+                 **flags: Any) -> Any:
+    """A config of type `cls`: its defaults (or `base`), then a TOML file, then `--set`
+    overrides, then explicit flags given as `section__field=value` (None: not given). Every
+    name and type is checked, and errors name the config field (`optim.lr`), which is also
+    what `--set` takes."""
+    data = asdict(base) if base is not None else {}
+    _merge(data, read_toml(path))
+    apply_sets(data, list(sets))
+    from_dict(cls, data)  # the file and --set are checked even where a flag then replaces a value
+    for key, value in flags.items():
+        if value is not None:
+            set_value(data, key.replace("__", "."), value)
+    return from_dict(cls, data)
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    """Read a TOML run config (or the defaults when `path` is None)."""
+    return build_config(RunConfig, path)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `section.field=value` overrides to a run config."""
+    return build_config(RunConfig, None, overrides, base=cfg)
 
 
 def build_run_config(path: str | Path | None, sets: list[str], **flags: Any) -> RunConfig:
-    """A config file, then `section.field=value` overrides, then explicit settings given as
-    `section__field=value` (None: not given). A size given replaces a params count and the
-    other way round; a tpp budget given alone replaces a token budget from the file."""
-    cfg = apply_overrides(load_config(path), sets)
-    data = cfg.to_dict()
-    for key, value in flags.items():
-        if value is not None:
-            section, name = key.split("__")
-            data[section][name] = value
+    """A run config from a file, `--set` overrides and flags (`section__field=value`). A size
+    given replaces a params count and the other way round; a tpp budget given alone replaces a
+    token budget from the file."""
+    data = asdict(build_config(RunConfig, path, sets, **flags))
     if flags.get("model__params") is not None:
         data["model"]["size"] = None
     if flags.get("model__size") is not None:
         data["model"]["params"] = None
     if flags.get("train__tpp") is not None and flags.get("train__tokens") is None:
         data["train"]["tokens"] = None
-    return RunConfig.from_dict(data)  # checks every value's type
+    return RunConfig.from_dict(data)
 
 
 def resolve_model(spec: ModelSpec, vocab_size: int) -> ModelConfig:
