@@ -8,22 +8,24 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from scalinglab.fmt import human
-from scalinglab.train.loop import Reporter, RunPlan
+from scalinglab.train.engine import Reporter
 
 
 class RichReporter(Reporter):
-    """A progress bar over a run's tokens with the smoothed loss and tokens/s, and a line per eval."""
+    """A progress bar over a corpus run's tokens with the smoothed loss and tokens/s, and a line
+    per evaluation. `batch_tokens`: tokens per step."""
 
-    def __init__(self, console: Console | None = None, label: str = "train") -> None:
+    def __init__(self, batch_tokens: int, console: Console | None = None, label: str = "train") -> None:
         self.console = console or Console(stderr=True)
         self.label = label
+        self.batch_tokens = batch_tokens
         self._progress: Progress | None = None
         self._task = None
         self._loss: float | None = None
         self._rate: float | None = None
         self._last_refresh = 0.0
 
-    def start(self, plan: RunPlan, step: int) -> None:
+    def start(self, total_steps: int, step: int) -> None:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -37,13 +39,14 @@ class RichReporter(Reporter):
             transient=False,
         )
         self._progress.start()
-        total = plan.total_steps * plan.batch_tokens
+        total = total_steps * self.batch_tokens
         self._task = self._progress.add_task(
-            self.label, total=plan.total_steps, completed=step, tokens=human(step * plan.batch_tokens),
+            self.label, total=total_steps, completed=step, tokens=human(step * self.batch_tokens),
             total_tokens=human(total), loss="-", rate="-",
         )
 
-    def step(self, step: int, tokens: int, loss: float, tokens_per_s: float) -> None:
+    def step(self, step: int, loss: float, seconds: float) -> None:
+        tokens, tokens_per_s = step * self.batch_tokens, self.batch_tokens / max(seconds, 1e-9)
         # exponential moving averages: single steps are noisy
         self._loss = loss if self._loss is None else 0.9 * self._loss + 0.1 * loss
         self._rate = tokens_per_s if self._rate is None else 0.95 * self._rate + 0.05 * tokens_per_s

@@ -1,16 +1,8 @@
-"""Training: schedules, the batch sampler, checkpoints and the resumable loop."""
+"""Training: the one engine (`engine`), runs on a corpus (`loop`), schedules, the batch sampler,
+checkpoints and run directories."""
 
-from scalinglab.train.loop import (
-    Diverged,
-    Interrupted,
-    Reporter,
-    RunPlan,
-    RunResult,
-    evaluate,
-    plan_run,
-    read_loss_log,
-    train_run,
-)
+from scalinglab.train.engine import Diverged, Interrupted, Reporter, read_loss_log
+from scalinglab.train.loop import RunPlan, RunResult, evaluate, plan_run, train_run
 from scalinglab.train.schedules import Schedule
 
 __all__ = [

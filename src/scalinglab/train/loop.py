@@ -1,27 +1,19 @@
-"""The training loop: one run, resumable, recorded in its directory and the results store.
+"""Runs on a corpus: a user's config resolved into a plan, and the task the engine trains.
 
-A run directory holds
-
-    config.json       the resolved config (what `--resume` compares)
-    last.pt           the latest checkpoint (atomic)
-    snap-<step>.pt    kept snapshots (a trunk's branch points)
-    train_loss.f32    the loss of every training batch before its update (float32 per step):
-                      the prequential code length of the run is their sum
-    metrics.jsonl     one line per evaluation point
-    DONE / DIVERGED   markers of how the run ended
+`plan_run` turns a `RunConfig` into a `RunPlan` (model shape, batch, LR, schedule, evaluation
+steps); `train_run` trains it through the one engine (`scalinglab.train.engine`, which owns
+resume, checkpoints, stop requests, divergence, markers and store rows). What is particular to a
+corpus run is `CorpusTask`: batches are windows of the train split drawn as a pure function of
+the step (`BatchSampler`), the loss is next-token cross-entropy, and an evaluation measures the
+fixed val set and a fixed subset of the windows the run trained on first (the train-val gap).
 
 Runs are identified by a hash of their resolved config, so starting the same run twice finds
-the same directory and store row. Ctrl-C (or SIGTERM) finishes the current step, writes a
-checkpoint and stops; `resume=True` continues from it and ends bit-identical (on CPU) to a run
-that was never stopped.
+the same directory and store row.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -31,39 +23,15 @@ import torch
 
 from scalinglab.config import RunConfig, config_hash, resolve_model
 from scalinglab.corpus.prepare import PreparedCorpus
-from scalinglab.device import Placement, place, resolved_precision
+from scalinglab.device import Placement, resolved_precision
 from scalinglab.errors import UserError
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token, loss_fn
 from scalinglab.store import Store
-from scalinglab.train import hparams
-from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from scalinglab.train.optim import adamw
-from scalinglab.train.rundir import (
-    claim_directory,
-    exclusive,
-    read_marker,
-    stop_requests,
-    versions,
-    write_marker,
-)
+from scalinglab.train import engine, hparams
 from scalinglab.train.data import BatchSampler, fixed_windows
+from scalinglab.train.engine import Diverged, Interrupted, Reporter, read_loss_log  # noqa: F401 - re-exported
+from scalinglab.train.optim import adamw
 from scalinglab.train.schedules import Schedule
-
-
-class Diverged(Exception):
-    """The loss became NaN or inf; the run is recorded as diverged."""
-
-    def __init__(self, run_id: str, step: int, loss: float) -> None:
-        super().__init__(f"run {run_id} diverged at step {step} (loss {loss})")
-        self.run_id, self.step, self.loss = run_id, step, loss
-
-
-class Interrupted(Exception):
-    """Stopped by a signal after writing a checkpoint; resume to continue."""
-
-    def __init__(self, run_id: str, step: int, out_dir: Path) -> None:
-        super().__init__(f"run {run_id} stopped at step {step}; resume with --resume (out: {out_dir})")
-        self.run_id, self.step, self.out_dir = run_id, step, out_dir
 
 
 @dataclass
@@ -103,18 +71,23 @@ class RunPlan:
 
     def resolved(self) -> dict:
         """The resolved config: what identifies the run and what `--resume` compares."""
-        # Settings that do not change the trained weights stay out of the run's identity.
         # A run is identified by what it trains on, how (the schedule actually used, the
         # precision) and what it records (its evaluations); bookkeeping settings (checkpoint
-        # cadence, threads, compilation) and inputs to rules (tpp, the schedule's settings) are not.
-        not_identity = ("tokens", "tpp", "lr", "batch_size", "warmup", "checkpoint_every", "device", "dtype",
-                        "threads", "compile", "eval_points", "eval_tokens", "schedule", "cooldown_frac",
-                        "cooldown_shape", "min_lr_frac")
-        train = {k: v for k, v in self.config.to_dict()["train"].items() if k not in not_identity}
+        # cadence, threads, compilation) and inputs to rules (tpp, the schedule's settings) are
+        # not. The "train" entry keeps the layout it had before the optimizer settings moved to
+        # their own section, so existing run folders keep their identities.
+        t, o = self.config.train, self.config.optim
+        device_type, dtype = resolved_precision(t.device, t.dtype)
         schedule = asdict(self.schedule)
-        device_type, dtype = resolved_precision(self.config.train.device, self.config.train.dtype)
-        train |= {"batch_size": self.batch_size, "lr": self.lr, "schedule": schedule,
-                  "eval_tokens": self.config.train.eval_tokens, "device": device_type, "dtype": dtype}
+        train = {"seq_len": t.seq_len, "weight_decay": o.weight_decay, "beta1": o.beta1, "beta2": o.beta2,
+                 "grad_clip": o.grad_clip, "seed": t.seed, "batch_size": self.batch_size, "lr": self.lr,
+                 "schedule": schedule, "eval_tokens": t.eval_tokens, "device": device_type, "dtype": dtype}
+        # settings added after the first runs enter the identity only when they differ from
+        # what those runs used
+        if o.eps != 1e-8:
+            train["eps"] = o.eps
+        if o.decay != "matrices":
+            train["decay"] = o.decay
         if self.extendable:
             del schedule["total_steps"]
         else:
@@ -141,20 +114,14 @@ def plan_run(cfg: RunConfig, corpus: PreparedCorpus, *, kind: str = "train") -> 
     cfg.validate()
     model = resolve_model(cfg.model, corpus.vocab_size)
     n = count_params(model).non_embedding
-    t = cfg.train
+    t, o = cfg.train, cfg.optim
     tokens = t.tokens if t.tokens is not None else t.tpp * n
     batch_size = t.batch_size or hparams.default_batch_size(n, t.seq_len)
     total_steps = max(1, math.ceil(tokens / (batch_size * t.seq_len)))
-    warmup = t.warmup if t.warmup is not None else hparams.default_warmup(total_steps)
-    warmup = min(warmup, total_steps)
-    decay_start = None
-    if t.schedule == "wsd":
-        decay_start = total_steps - max(1, round(t.cooldown_frac * total_steps))
-        decay_start = max(decay_start, warmup)
-    schedule = Schedule(kind=t.schedule, total_steps=total_steps, warmup_steps=warmup, decay_start=decay_start,
-                        shape=t.cooldown_shape, min_lr_frac=t.min_lr_frac)
+    warmup = o.warmup if o.warmup is not None else hparams.default_warmup(total_steps)
+    schedule = o.schedule_for(total_steps, warmup)
     return RunPlan(config=cfg, model=model, batch_size=batch_size, seq_len=t.seq_len,
-                   lr=t.lr or hparams.default_lr(model.d_model), schedule=schedule,
+                   lr=o.lr or hparams.default_lr(model.d_model), schedule=schedule,
                    eval_steps=log_spaced_steps(total_steps, t.eval_points), kind=kind, name=cfg.name,
                    corpus_key=corpus.key)
 
@@ -168,7 +135,48 @@ def log_spaced_steps(total_steps: int, count: int, first: int | None = None) -> 
     return [int(s) for s in steps]
 
 
-# --- evaluation ------------------------------------------------------------------------------
+# --- the task --------------------------------------------------------------------------------
+
+class CorpusTask(engine.Task):
+    """A GPT on windows of a corpus's train split; evaluations on the fixed val set and on the
+    first windows the run trained on."""
+
+    def __init__(self, plan: RunPlan, corpus: PreparedCorpus) -> None:
+        t = plan.config.train
+        self.plan = plan
+        self.sampler = BatchSampler(corpus.tokens("train"), plan.seq_len, plan.batch_size, t.seed,
+                                    plan.max_unique_tokens)
+        self.token_bytes = torch.as_tensor(corpus.token_bytes)
+        self.val_windows = fixed_windows(corpus.tokens("val"), plan.seq_len, t.eval_tokens)
+        # the train subset: windows the run trains on first, so the gap compares seen with unseen text
+        self.train_windows = self.sampler.first_windows(self.val_windows.shape[0])
+        self.fpt = flops_per_token(plan.model, plan.seq_len)
+        self.tokenizer = {"spec": corpus.meta["tokenizer"], "json": corpus.tokenizer_json()}
+        self.corpus_hash, self.tokenizer_name = corpus.content_hash, corpus.tokenizer_name
+
+    def build_model(self) -> GPT:
+        return GPT(self.plan.model)
+
+    def loss(self, model: torch.nn.Module, step: int) -> torch.Tensor:
+        x, y = self.sampler.batch(step)
+        device = self.placement.device
+        return loss_fn(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
+
+    def evaluate(self, model: torch.nn.Module, ctx: engine.EvalContext) -> dict:
+        plan = self.plan
+        val_loss, val_bpb = evaluate(model, self.val_windows, self.token_bytes, self.placement)
+        train_loss, train_bpb = evaluate(model, self.train_windows, self.token_bytes, self.placement)
+        tokens = ctx.step * plan.batch_tokens
+        return dict(
+            step=ctx.step, tokens=tokens, flops=tokens * self.fpt, train_loss=train_loss, val_loss=val_loss,
+            val_bpb=val_bpb, train_bpb=train_bpb, epoch=self.sampler.epochs_at(ctx.step),
+            phase=plan.schedule.phase(ctx.step - 1), lr=ctx.lr, wall_time=ctx.wall_time,
+            tokens_per_s=(tokens / ctx.wall_time if ctx.wall_time > 0 else None),
+            # share of the train subset the run had trained on (1 once past its first few steps)
+            extra={"batch_loss": ctx.batch_loss,
+                   "train_subset_seen": min(1.0, ctx.step * plan.batch_size / max(1, len(self.train_windows)))},
+        )
+
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, windows: torch.Tensor, token_bytes: torch.Tensor, placement: Placement,
@@ -180,7 +188,7 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, token_bytes: torch.T
     for i in range(0, len(windows), batch_size):
         rows = windows[i : i + batch_size].to(placement.device)
         x, y = rows[:, :-1], rows[:, 1:]
-        with _autocast(placement):
+        with engine.autocast(placement):
             logits = model(x)
         nats = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum"
@@ -192,253 +200,68 @@ def evaluate(model: torch.nn.Module, windows: torch.Tensor, token_bytes: torch.T
     return total_nats / total_tokens, total_nats / math.log(2) / max(total_bytes, 1)
 
 
-def _autocast(placement: Placement):
-    if placement.autocast:
-        return torch.autocast(device_type=placement.device.type, dtype=placement.dtype)
-    return nullcontext()
-
-
-# --- signals ---------------------------------------------------------------------------------
-
 # --- the run ---------------------------------------------------------------------------------
-
-class Reporter:
-    """Receives progress from the loop. The default does nothing; the CLI shows a progress bar."""
-
-    def start(self, plan: RunPlan, step: int) -> None: ...
-    def step(self, step: int, tokens: int, loss: float, tokens_per_s: float) -> None: ...
-    def point(self, record: dict) -> None: ...
-    def close(self) -> None: ...
-
 
 @dataclass
 class RunResult:
     run_id: str
-    status: str  # done | diverged | interrupted
+    status: str  # done | interrupted
     out_dir: Path
     steps: int
     points: list[dict]
 
 
+def run_spec(plan: RunPlan, task: CorpusTask, store: Store | None, out_dir: Path, *, resume: bool) -> engine.RunSpec:
+    """How the engine runs a corpus plan: its identity, optimizer, evaluations and store row."""
+    t = plan.config.train
+    counts = count_params(plan.model)
+    resolved = plan.resolved()
+    row = dict(name=plan.name or plan.run_id, kind=plan.kind, parent_run=plan.parent_run, group_name=plan.group,
+               config={**resolved, "extra": plan.extra}, n_total=counts.total, n_embedding=counts.embedding,
+               n_nonembedding=counts.non_embedding, param_convention=PARAM_CONVENTION, flops_per_token=task.fpt,
+               corpus_key=plan.corpus_key, corpus_hash=task.corpus_hash, tokenizer=task.tokenizer_name,
+               unique_train_tokens=task.sampler.unique_tokens)
+    return engine.RunSpec(
+        run_id=plan.run_id, identity=resolved, optim=plan.config.optim, lr=plan.lr, schedule=plan.schedule,
+        seed=t.seed, device=t.device, dtype=t.dtype, threads=t.threads, eval_steps=plan.eval_steps,
+        snapshot_steps=plan.snapshot_steps, init_from=Path(plan.init_from) if plan.init_from else None,
+        first_step=int(plan.extra.get("init_from_step") or 0), extendable=plan.extendable, store=store, row=row,
+        resume=resume, checkpoint_every=t.checkpoint_every, compile=t.compile,
+    )
+
+
 def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, *, resume: bool = False,
               reporter: Reporter | None = None, stop_at_step: int | None = None,
-              on_step: Callable[[int], None] | None = None) -> RunResult:
+              on_step: Callable[[int, float], None] | None = None) -> RunResult:
     """Train one run to the end of its plan (or to `stop_at_step`, for tests and tooling).
 
     Raises `Diverged` after recording a NaN/inf loss, `Interrupted` after checkpointing on a
     signal, `UserError` when `out_dir` holds a different run or a run without `resume`.
     """
-    reporter = reporter or Reporter()
     out_dir = Path(out_dir)
     if plan.corpus_key is not None and plan.corpus_key != corpus.key:
         raise UserError(f"this run was planned on corpus {plan.corpus_key} but is given {corpus.key}; plan it again")
-    resolved = plan.resolved()
-    run_id = plan.run_id
-    claim_directory(out_dir, resolved, resume=resume)
-    with exclusive(out_dir):
-        done = read_marker(out_dir, "DONE")
-        if done is not None:
-            if done["step"] >= plan.total_steps or not plan.extendable:
-                if (store.get_run(run_id) or {}).get("status") != "done":
-                    store.upsert_run(run_id, status="done", message=None)  # e.g. a store rebuilt from runs
-                return RunResult(run_id, "done", out_dir, done["step"], store.points(run_id))
-            (out_dir / "DONE").unlink()  # a longer trunk was asked for: continue from the last checkpoint
-        diverged = read_marker(out_dir, "DIVERGED")
-        if diverged is not None:
-            raise Diverged(run_id, diverged["step"], float(diverged["loss"]))
-        return _train(plan, corpus, store, out_dir, resolved, run_id, reporter, stop_at_step, on_step)
+    task = CorpusTask(plan, corpus)
+    spec = run_spec(plan, task, store, out_dir, resume=resume)
+    outcome = engine.train(task, spec, out_dir, reporter=reporter, stop_at_step=stop_at_step, on_step=on_step)
+    return RunResult(outcome.run_id, outcome.status, out_dir, outcome.steps, store.points(outcome.run_id))
 
 
-def _train(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, resolved: dict, run_id: str,
-           reporter: Reporter, stop_at_step: int | None, on_step: Callable[[int], None] | None) -> RunResult:
-    t = plan.config.train
-    placement = place(t.device, t.dtype, t.threads)
-    counts = count_params(plan.model)
-    fpt = flops_per_token(plan.model, plan.seq_len)
-    sampler = BatchSampler(corpus.tokens("train"), plan.seq_len, plan.batch_size, t.seed, plan.max_unique_tokens)
-    store.upsert_run(
-        run_id, name=plan.name or run_id, kind=plan.kind, status="running", parent_run=plan.parent_run,
-        group_name=plan.group, config={**resolved, "extra": plan.extra}, n_total=counts.total,
-        n_embedding=counts.embedding, n_nonembedding=counts.non_embedding, param_convention=PARAM_CONVENTION,
-        flops_per_token=fpt, corpus_key=corpus.key, corpus_hash=corpus.content_hash, tokenizer=corpus.tokenizer_name,
-        unique_train_tokens=sampler.unique_tokens, seed=t.seed, device=placement.describe(),
-        dtype=str(placement.dtype).removeprefix("torch."), versions=versions(), out_dir=str(out_dir.resolve()),
-    )
-
-    torch.manual_seed(t.seed)
-    model = GPT(plan.model).to(placement.device)
-    optimizer = make_optimizer(model, plan, placement)
-    step, wall, window = 0, 0.0, (0.0, 0)
-    last = out_dir / "last.pt"
-    start = last if last.exists() else (Path(plan.init_from) if plan.init_from else None)
-    if start is not None:
-        state = load_checkpoint(start)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step, wall = state["step"], state["extra"].get("wall_time", 0.0)
-        if start == last:
-            window = tuple(state["extra"].get("window", (0.0, 0)))
-    first_step = int(plan.extra.get("init_from_step") or 0)  # a branch logs from its trunk step on
-    loss_log = _LossLog(out_dir / "train_loss.f32", keep=step - first_step)
-    token_bytes = torch.as_tensor(corpus.token_bytes)
-    val_windows = fixed_windows(corpus.tokens("val"), plan.seq_len, t.eval_tokens)
-    # the train subset: windows the run trains on first, so the gap compares seen with unseen text
-    train_windows = sampler.first_windows(val_windows.shape[0])
-    run_model = torch.compile(model) if (t.compile and placement.device.type == "cuda") else model
-    pending_evals = [s for s in plan.eval_steps if s > step]
-    snapshot_steps = set(plan.snapshot_steps)
-    end = plan.total_steps if stop_at_step is None else min(plan.total_steps, stop_at_step)
-    last_ckpt_time = time.monotonic()
-    window_loss, window_steps = window  # mean training-batch loss since the last evaluation
-
-    tokenizer_info = {"spec": corpus.meta["tokenizer"], "json": corpus.tokenizer_json()}
-
-    def save(path: Path, artifact_kind: str | None = None) -> str:
-        loss_log.flush()  # the loss log must never be shorter than a checkpoint's step
-        sha = save_checkpoint(path, model=model, optimizer=optimizer, step=step, config=resolved,
-                              extra={"wall_time": wall, "window": (window_loss, window_steps)},
-                              tokenizer=tokenizer_info)
-        if artifact_kind:
-            store.add_artifact(run_id, artifact_kind, path, sha, step)
-        return sha
-
-    reporter.start(plan, step)
-    try:
-        with stop_requests() as stop:
-            while step < end:
-                t0 = time.perf_counter()
-                lr = plan.lr * plan.schedule.multiplier(step)
-                loss_value = train_step(run_model, optimizer, *sampler.batch(step), lr, t.grad_clip, placement)
-                if not math.isfinite(loss_value):
-                    _record_divergence(store, out_dir, run_id, step, loss_value, loss_log)
-                    raise Diverged(run_id, step, loss_value)
-                step += 1
-                dt = time.perf_counter() - t0
-                wall += dt
-                loss_log.append(loss_value)
-                window_loss, window_steps = window_loss + loss_value, window_steps + 1
-                reporter.step(step, step * plan.batch_tokens, loss_value, plan.batch_tokens / max(dt, 1e-9))
-                if on_step:
-                    on_step(step)
-
-                if step in snapshot_steps:
-                    save(out_dir / f"snap-{step}.pt", "snapshot")
-                if pending_evals and step >= pending_evals[0]:
-                    pending_evals.pop(0)
-                    record = _evaluate_point(model, plan, placement, sampler, val_windows, train_windows, token_bytes,
-                                             step, wall, fpt, window_loss / window_steps, lr)
-                    window_loss, window_steps = 0.0, 0
-                    store.add_point(run_id, **record)
-                    with open(out_dir / "metrics.jsonl", "a") as fh:
-                        fh.write(json.dumps({k: v for k, v in record.items()}) + "\n")
-                    reporter.point(record)
-                    save(last)
-                    last_ckpt_time = time.monotonic()
-                elif time.monotonic() - last_ckpt_time > t.checkpoint_every:
-                    save(last)
-                    last_ckpt_time = time.monotonic()
-                if stop["stop"]:
-                    save(last)
-                    store.upsert_run(run_id, status="interrupted", message=f"stopped at step {step}")
-                    raise Interrupted(run_id, step, out_dir)
-
-        if step < plan.total_steps:  # stop_at_step: leave a resumable checkpoint behind
-            save(last)
-            store.upsert_run(run_id, status="interrupted", message=f"stopped at step {step}")
-            return RunResult(run_id, "interrupted", out_dir, step, store.points(run_id))
-        sha = save(last, "checkpoint")
-    finally:
-        reporter.close()
-        loss_log.close()
-
-    # the store first: a kill between the two leaves a run that a resume finishes in no steps
-    store.upsert_run(run_id, status="done", message=None)
-    write_marker(out_dir, "DONE", {"step": step, "sha256": sha})
-    return RunResult(run_id, "done", out_dir, step, store.points(run_id))
+def make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
+    """The optimizer a plan's run uses (for the throughput probes that time its step)."""
+    o = plan.config.optim
+    return adamw(model, lr=plan.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps, decay=o.decay,
+                 fused=placement.device.type == "cuda")
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,
                grad_clip: float, placement: Placement) -> float:
-    """One update on batch (x, y); returns the batch loss before the update (nats/token).
-
-    A NaN/inf loss returns before touching the weights, so a diverged run's last checkpoint
-    and weights stay as they were.
-    """
+    """One update on batch (x, y), as the engine makes it; returns the loss before the update.
+    For the throughput probes, which time the step without a run around it."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     x, y = x.to(placement.device, non_blocking=True), y.to(placement.device, non_blocking=True)
-    with _autocast(placement):
+    with engine.autocast(placement):
         loss = loss_fn(model(x), y)
-    loss_value = float(loss.detach())
-    if not math.isfinite(loss_value):
-        return loss_value
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss_value
-
-
-def _evaluate_point(model, plan: RunPlan, placement, sampler, val_windows, train_windows, token_bytes, step: int,
-                    wall: float, fpt: float, batch_loss: float, lr: float) -> dict:
-    val_loss, val_bpb = evaluate(model, val_windows, token_bytes, placement)
-    train_loss, train_bpb = evaluate(model, train_windows, token_bytes, placement)
-    tokens = step * plan.batch_tokens
-    return dict(
-        step=step, tokens=tokens, flops=tokens * fpt, train_loss=train_loss, val_loss=val_loss,
-        val_bpb=val_bpb, train_bpb=train_bpb, epoch=sampler.epochs_at(step), phase=plan.schedule.phase(step - 1),
-        lr=lr, wall_time=wall, tokens_per_s=(tokens / wall if wall > 0 else None),
-        # share of the train subset the run had trained on (1 once past its first few steps)
-        extra={"batch_loss": batch_loss,
-               "train_subset_seen": min(1.0, step * plan.batch_size / max(1, len(train_windows)))},
-    )
-
-
-def _record_divergence(store: Store, out_dir: Path, run_id: str, step: int, loss: float, loss_log: "_LossLog") -> None:
-    loss_log.flush()
-    write_marker(out_dir, "DIVERGED", {"step": step, "loss": str(loss)})
-    store.upsert_run(run_id, status="diverged", diverged_step=step, message=f"loss {loss} at step {step}")
-
-
-def make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
-    t = plan.config.train
-    return adamw(model, lr=plan.lr, weight_decay=t.weight_decay, betas=(t.beta1, t.beta2),
-                 fused=placement.device.type == "cuda")
-
-
-class _LossLog:
-    """Append-only float32 log of per-step training losses, cut back to a checkpoint on resume."""
-
-    def __init__(self, path: Path, keep: int) -> None:
-        self.path = path
-        mode = "r+b" if path.exists() else "w+b"
-        self._fh = open(path, mode)
-        self._fh.truncate(keep * 4)
-        self._fh.seek(keep * 4)
-        self._buffer: list[float] = []
-        self._flushed = time.monotonic()
-
-    def append(self, value: float) -> None:
-        self._buffer.append(value)
-        # flush about once a second too: a study's parent reads progress from the file size
-        if len(self._buffer) >= 4096 or (len(self._buffer) % 16 == 0 and time.monotonic() - self._flushed > 1.0):
-            self.flush()
-
-    def flush(self) -> None:
-        if self._buffer:
-            self._fh.write(np.asarray(self._buffer, dtype=np.float32).tobytes())
-            self._buffer.clear()
-        self._fh.flush()
-        self._flushed = time.monotonic()
-
-    def close(self) -> None:
-        self.flush()
-        self._fh.close()
-
-
-def read_loss_log(out_dir: Path) -> np.ndarray:
-    """Per-step training losses (nats/token, before each update) of a run."""
-    path = Path(out_dir) / "train_loss.f32"
-    return np.fromfile(path, dtype=np.float32) if path.exists() else np.zeros(0, dtype=np.float32)
+    engine.apply_update(model, optimizer, loss, grad_clip)
+    return float(loss.detach())
