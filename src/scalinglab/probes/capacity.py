@@ -65,6 +65,7 @@ from scalinglab.probes.common import (
     FitRecipe,
     ProbeRecord,
     fit_sequences,
+    probe_optim,
     probe_results,
     put_probe_result,
     run_parallel,
@@ -216,8 +217,9 @@ def recipe_for(cfg: CapacityConfig, n_sequences: int, steps: int | None = None) 
     batch = None if n_sequences <= full_batch_sequences else full_batch_sequences
     # Evaluate at even fractions of the run, so the point half-way (for second_half_gain) exists.
     eval_every = max(1, steps // (2 * max(1, cfg.eval_points // 2)))
-    return FitRecipe(steps=steps, lr=cfg.lr, warmup=min(cfg.warmup, steps // 4), schedule=cfg.schedule,
-                     batch_size=batch, weight_decay=cfg.weight_decay, eval_every=eval_every, seed=cfg.seed,
+    optim = probe_optim(lr=cfg.lr, warmup=min(cfg.warmup, steps // 4), schedule=cfg.schedule,
+                        weight_decay=cfg.weight_decay)
+    return FitRecipe(steps=steps, optim=optim, batch_size=batch, eval_every=eval_every, seed=cfg.seed,
                      device=cfg.device)
 
 

@@ -1,20 +1,21 @@
 """Shared machinery of the probes: train a small GPT on a FIXED set of token sequences, score
 sequences in bits, keep probe runs and results in the store, and run many small fits in parallel.
 
-The probes (capacity, memorisation, facts vs rules, grokking, repetition) all train on a small
-fixed data set many times over, so this trainer differs from `scalinglab.train` on purpose: the
-data is a tensor of sequences `(n, L)` rather than a corpus split, batches are whole sequences
-(full batch or minibatches drawn per epoch), and an evaluation scores every training sequence.
+The probes (capacity, memorisation, facts vs rules, repetition) train on a small fixed data set
+many times over: the data is a tensor of sequences `(n, L)` rather than a corpus split, batches
+are whole sequences (full batch or minibatches drawn per epoch), and an evaluation scores every
+training sequence. That is all that differs: `SequenceTask` says it, and the one training engine
+(`scalinglab.train.engine`) runs it with the same resume, checkpoints, stop requests, divergence
+handling, markers and store rows as every other run.
 
 The API, kept small and stable:
 
-    FitRecipe            how to train (steps, LR, schedule, batch, eval cadence, seed)
+    FitRecipe            how to train (steps, the shared optimizer config, batch, eval cadence, seed)
     fit_sequences(...)   train one model, resumable; returns a SequenceFit (model + eval history)
     sequence_bits(...)   per-sequence negative log-likelihood in bits (n,) of any model
     ProbeRecord          where and under which name a fit is recorded in the results store
     probe_kind(name)     "probe:<name>", the run kind and the result kind of a probe
     put_probe_result / probe_results   analysis outputs of a probe in the store
-    read_history(path)   the evaluation lines of a fit directory's history.jsonl
     run_parallel(...)    map a picklable function over jobs on worker processes, one torch
                          thread each, with a progress bar
 
@@ -22,42 +23,40 @@ Prediction convention: a sequence of L tokens is L-1 predictions, token t+1 from
 The first token has no context and is never scored. `loss_mask` (shape (L-1,) or (n, L-1))
 restricts training loss and scoring to some predicted positions (e.g. only an answer token).
 
-A fit is a directory holding `config.json` (what identifies it), `last.pt` (the latest
-checkpoint, atomic), `history.jsonl` (one line per evaluation) and `DONE` once finished (or
-`DIVERGED` after a NaN/inf loss). The run-directory mechanics are the main loop's
-(`scalinglab.train.rundir`): a folder holding another fit is refused, and a lock keeps two
-processes from training one fit at once. Calling `fit_sequences` again on a finished directory
-loads the model and returns at once; on an unfinished one it resumes from the checkpoint and
-ends bit-identical (on CPU) to an uninterrupted fit; on a diverged one it raises `Diverged`.
+A fit is a run directory of the engine (`config.json`, `last.pt`, `metrics.jsonl`, DONE or
+DIVERGED). Calling `fit_sequences` again on a finished directory loads the model and returns at
+once; on an unfinished one it resumes from the checkpoint and ends bit-identical (on CPU) to an
+uninterrupted fit; on a diverged one it raises `Diverged`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from scalinglab.config import config_hash
+from scalinglab.config import OptimConfig, config_hash
 from scalinglab.errors import UserError
-from scalinglab.fsutil import atomic_write_text
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token
 from scalinglab.store import Store, open_store
-from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from scalinglab.train.loop import Diverged, Interrupted
-from scalinglab.train.optim import adamw
-from scalinglab.train.rundir import claim_directory, exclusive, read_marker, stop_requests, versions, write_marker
-from scalinglab.train.schedules import Schedule
+from scalinglab.train import engine
+from scalinglab.train.engine import Diverged, Interrupted, keep_torch_threads
 
 LN2 = math.log(2.0)
+
+# The probes' optimizer: a small model on a small fixed data set, no weight decay, β2 = 0.98.
+PROBE_OPTIM = OptimConfig(lr=3e-3, warmup=20, schedule="constant", weight_decay=0.0, beta2=0.98)
+
+
+def probe_optim(**changes: Any) -> OptimConfig:
+    """The probes' optimizer config with some settings changed (e.g. `lr=1e-2`)."""
+    return replace(PROBE_OPTIM, **changes)
 
 
 def probe_kind(probe: str) -> str:
@@ -72,32 +71,19 @@ class FitRecipe:
     """How to train a GPT on a fixed set of sequences.
 
     steps: optimizer updates (the most; `stop_when` may end a fit earlier).
-    lr, warmup: peak learning rate and linear warmup steps.
-    schedule: "constant" | "cosine" | "wsd" (see `scalinglab.train.schedules`); cooldown_frac is
-      the wsd cooldown share, min_lr_frac the cosine floor.
+    optim: AdamW, clipping and the schedule (`OptimConfig`; the probes' defaults: `PROBE_OPTIM`).
     batch_size: sequences per update; None or >= n trains full batch. Minibatches visit every
       sequence once per epoch in an order drawn from (seed, epoch).
-    weight_decay: AdamW decay on matrices (norm gains and the embedding are never decayed).
-    beta1, beta2, eps, grad_clip: AdamW and gradient-norm clipping (0: off).
     eval_every: steps between evaluations of the whole training set (the last step always
       evaluated).
     seed: initialisation and batch order.
     device, dtype, threads: where to train (see `scalinglab.device.place`).
-    checkpoint_every: seconds between checkpoints (also written at every evaluation).
+    checkpoint_every: seconds between checkpoints (see `scalinglab.train.engine`).
     """
 
     steps: int
-    lr: float = 3e-3
-    warmup: int = 20
-    schedule: str = "constant"
-    cooldown_frac: float = 0.2
-    min_lr_frac: float = 0.1
+    optim: OptimConfig = field(default_factory=probe_optim)
     batch_size: int | None = None
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-8
-    grad_clip: float = 1.0
     eval_every: int = 100
     seed: int = 0
     device: str = "cpu"
@@ -108,27 +94,29 @@ class FitRecipe:
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or self.steps <= 0:
             raise UserError(f"steps must be a positive integer, got {self.steps!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"lr must be a positive number, got {self.lr!r}")
-        if self.warmup < 0:
-            raise UserError(f"warmup must be >= 0 steps, got {self.warmup}")
-        if self.schedule not in ("constant", "cosine", "wsd"):
-            raise UserError(f"unknown schedule {self.schedule!r}; choose constant, cosine or wsd")
+        if self.optim.lr is None or self.optim.warmup is None:
+            raise UserError("a probe fit needs optim.lr and optim.warmup set (no size rules apply)")
+        self.optim.validate()
         if self.batch_size is not None and self.batch_size <= 0:
             raise UserError(f"batch_size must be a positive integer, got {self.batch_size}")
         if self.eval_every <= 0:
             raise UserError(f"eval_every must be a positive integer, got {self.eval_every}")
 
-    def schedule_for(self) -> Schedule:
-        warmup = min(self.warmup, self.steps)
-        decay_start = None
-        if self.schedule == "wsd":
-            decay_start = max(warmup, self.steps - max(1, round(self.cooldown_frac * self.steps)))
-        return Schedule(kind=self.schedule, total_steps=self.steps, warmup_steps=warmup, decay_start=decay_start,
-                        min_lr_frac=self.min_lr_frac)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def identity(self) -> dict:
+        """The recipe as fits are keyed by: the flat layout fit folders were first named with
+        (so they keep resuming); settings added since enter only when changed from the value
+        those fits used."""
+        o = self.optim
+        ident = {"steps": self.steps, "lr": o.lr, "warmup": o.warmup, "schedule": o.schedule,
+                 "cooldown_frac": o.cooldown_frac, "min_lr_frac": o.min_lr_frac, "batch_size": self.batch_size,
+                 "weight_decay": o.weight_decay, "beta1": o.beta1, "beta2": o.beta2, "eps": o.eps,
+                 "grad_clip": o.grad_clip, "eval_every": self.eval_every, "seed": self.seed, "device": self.device,
+                 "dtype": self.dtype, "threads": self.threads, "checkpoint_every": self.checkpoint_every}
+        if o.cooldown_shape != "1-sqrt":
+            ident["cooldown_shape"] = o.cooldown_shape
+        if o.decay != "matrices":
+            ident["decay"] = o.decay
+        return ident
 
 
 @dataclass
@@ -227,6 +215,59 @@ def _token_nats(model: GPT, rows: torch.Tensor) -> torch.Tensor:
 
 # --- the fit -----------------------------------------------------------------------------------
 
+class SequenceTask(engine.Task):
+    """A GPT trained on fixed sequences; an evaluation scores every training sequence (and runs
+    the probe's own `evaluate`)."""
+
+    def __init__(self, model_cfg: ModelConfig, data: torch.Tensor, mask: torch.Tensor | None, recipe: FitRecipe,
+                 evaluate: Callable[[GPT, np.ndarray], dict[str, float]] | None,
+                 stop_when: Callable[[list[dict]], bool] | None) -> None:
+        self.model_cfg, self.data, self.mask, self.recipe = model_cfg, data, mask, recipe
+        self.extra_measures, self.stop_when = evaluate, stop_when
+        n, L = data.shape
+        self.batch = n if recipe.batch_size is None else min(recipe.batch_size, n)
+        self.scored_tokens = float(mask.sum()) if mask is not None else float(n * (L - 1))
+        self.fpt = flops_per_token(model_cfg, L - 1)
+        self.last_bits: tuple[int, np.ndarray] | None = None  # (step, per-sequence bits) of the last evaluation
+
+    def setup(self, placement) -> None:  # noqa: ANN001
+        super().setup(placement)
+        self.data_dev = self.data.to(placement.device)
+        self.mask_dev = self.mask.to(placement.device) if self.mask is not None else None
+
+    def build_model(self) -> GPT:
+        return GPT(self.model_cfg)
+
+    def loss(self, model: torch.nn.Module, step: int) -> torch.Tensor:
+        device = self.placement.device
+        idx = _batch_indices(step, self.data.shape[0], self.batch, self.recipe.seed)
+        rows = self.data_dev if idx is None else self.data_dev[idx.to(device)]
+        nats = _token_nats(model, rows)
+        if self.mask_dev is None:
+            return nats.mean()
+        weights = self.mask_dev if idx is None else self.mask_dev[idx.to(device)]
+        return (nats * weights).sum() / weights.sum().clamp_min(1.0)
+
+    def evaluate(self, model: torch.nn.Module, ctx: engine.EvalContext) -> dict:
+        bits = sequence_bits(model, self.data_dev, self.mask_dev)
+        self.last_bits = (ctx.step, bits)
+        point = {"step": ctx.step, "train_loss": float(bits.sum() * LN2 / self.scored_tokens),
+                 "train_bits": float(bits.sum()), "lr": ctx.lr, "wall_time": ctx.wall_time}
+        if self.extra_measures is not None:
+            point.update({k: float(v) for k, v in self.extra_measures(model, bits).items()})
+        return point
+
+    def store_point(self, point: dict) -> dict:
+        tokens = point["step"] * self.batch * (self.data.shape[1] - 1)
+        core = {"step", "train_loss", "lr", "wall_time"}
+        return dict(step=point["step"], tokens=tokens, flops=tokens * self.fpt, train_loss=point["train_loss"],
+                    val_loss=point.get("val_loss"), lr=point["lr"], wall_time=point["wall_time"],
+                    extra={k: v for k, v in point.items() if k not in core})
+
+    def should_stop(self, points: list[dict]) -> bool:
+        return self.stop_when is not None and self.stop_when(points)
+
+
 def fit_sequences(
     model_cfg: ModelConfig,
     data: torch.Tensor,
@@ -260,157 +301,36 @@ def fit_sequences(
     data = data.to(torch.int64)
     config = {
         "model": model_cfg.to_dict(),
-        "recipe": recipe.to_dict(),
+        "recipe": recipe.identity(),
         "data": {"shape": list(data.shape), "digest": data_digest(data, loss_mask)},
         "identity": identity or {},
     }
     run_id = f"{record.probe if record else 'fit'}-{config_hash(config)}"
-    claim_directory(out_dir, config, what="fit", fix="remove it or choose another output folder")
-    with exclusive(out_dir), keep_torch_threads():
-        return _fit(model_cfg, data, mask, recipe, out_dir, config, run_id, evaluate=evaluate, stop_when=stop_when,
-                    record=record, on_step=on_step)
-
-
-def _fit(model_cfg: ModelConfig, data: torch.Tensor, mask: torch.Tensor | None, recipe: FitRecipe, out_dir: Path,
-         config: dict, run_id: str, *, evaluate, stop_when, record, on_step) -> SequenceFit:  # noqa: ANN001
-    from scalinglab.device import place
-
-    diverged = read_marker(out_dir, "DIVERGED")
-    if diverged is not None:
-        raise Diverged(run_id, diverged["step"], float(diverged["loss"]))
-    placement = place(recipe.device, recipe.dtype, recipe.threads)
-    device = placement.device
-    n, L = data.shape
-    counts = count_params(model_cfg)
-    scored_tokens = float(mask.sum()) if mask is not None else float(n * (L - 1))
-    batch = n if recipe.batch_size is None else min(recipe.batch_size, n)
-    fpt = flops_per_token(model_cfg, L - 1)
-    store = open_store(record.db) if record else None
-
-    torch.manual_seed(recipe.seed)
-    model = GPT(model_cfg).to(device)
-    optimizer = adamw(model, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=(recipe.beta1, recipe.beta2),
-                      eps=recipe.eps, fused=device.type == "cuda")
-    history_path, last = out_dir / "history.jsonl", out_dir / "last.pt"
-    step, wall, points = 0, 0.0, []
-    if last.exists():
-        state = load_checkpoint(last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step, wall = state["step"], state["extra"]["wall_time"]
-        points = [p for p in read_history(history_path) if p["step"] <= step]
-    done_marker = read_marker(out_dir, "DONE")  # an empty one (torn by a crash) reads as absent
-    done = done_marker is not None
-
-    if store is not None and not done:
-        store.upsert_run(
-            run_id, name=record.name or run_id, kind=probe_kind(record.probe), status="running",
-            group_name=record.probe, config={**config, "meta": record.meta}, n_total=counts.total,
-            n_embedding=counts.embedding, n_nonembedding=counts.non_embedding, param_convention=PARAM_CONVENTION,
-            flops_per_token=fpt, seed=recipe.seed, device=placement.describe(), dtype="float32",
-            versions=versions(), out_dir=str(out_dir.resolve()), unique_train_tokens=int(n * L),
-        )
-
-    data_dev = data.to(device)
-    mask_dev = mask.to(device) if mask is not None else None
-    schedule = recipe.schedule_for()
-
-    def save() -> None:
-        save_checkpoint(last, model=model, optimizer=optimizer, step=step, config=config,
-                        extra={"wall_time": wall})
-        atomic_write_text(history_path, "".join(json.dumps(p, sort_keys=True) + "\n" for p in points))
-
-    def evaluate_now() -> tuple[dict, np.ndarray]:
-        bits = sequence_bits(model, data_dev, mask_dev)
-        point = {"step": step, "train_loss": float(bits.sum() * LN2 / scored_tokens),
-                 "train_bits": float(bits.sum()), "lr": recipe.lr * schedule.multiplier(max(step - 1, 0)),
-                 "wall_time": wall}
-        if evaluate is not None:
-            point.update({k: float(v) for k, v in evaluate(model, bits).items()})
-        return point, bits
-
-    stopped_early = bool(done and done_marker.get("stopped_early", False))
-    # A fit that stopped early and crashed before its DONE marker was complete stops again here.
-    if (not done and stop_when is not None and points and points[-1]["step"] == step < recipe.steps
-            and stop_when(points)):
-        stopped_early = True
-    seq_bits = None
-    if not done:
-        model.train()
-        last_save = time.monotonic()
-        with stop_requests() as stop:
-            while step < recipe.steps and not stopped_early:
-                t0 = time.perf_counter()
-                for group in optimizer.param_groups:
-                    group["lr"] = recipe.lr * schedule.multiplier(step)
-                idx = _batch_indices(step, n, batch, recipe.seed)
-                rows = data_dev if idx is None else data_dev[idx.to(device)]
-                nats = _token_nats(model, rows)
-                if mask_dev is None:
-                    loss = nats.mean()
-                else:
-                    weights = mask_dev if idx is None else mask_dev[idx.to(device)]
-                    loss = (nats * weights).sum() / weights.sum().clamp_min(1.0)
-                loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):  # before touching the weights, as the main loop does
-                    write_marker(out_dir, "DIVERGED", {"step": step, "loss": str(loss_value)})
-                    if store is not None:
-                        store.upsert_run(run_id, status="diverged", diverged_step=step,
-                                         message=f"loss {loss_value} at step {step}")
-                    raise Diverged(run_id, step, loss_value)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if recipe.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                step += 1
-                wall += time.perf_counter() - t0
-                if on_step:
-                    on_step(step, loss_value)
-                if step % recipe.eval_every == 0 or step == recipe.steps:
-                    point, seq_bits = evaluate_now()
-                    points.append(point)
-                    model.train()
-                    if store is not None:
-                        _store_point(store, run_id, point, step * batch * (L - 1), fpt)
-                    save()
-                    last_save = time.monotonic()
-                    if stop_when is not None and step < recipe.steps and stop_when(points):
-                        stopped_early = True
-                elif time.monotonic() - last_save > recipe.checkpoint_every:
-                    save()
-                    last_save = time.monotonic()
-                if stop["stop"] and not stopped_early:
-                    save()
-                    if store is not None:
-                        store.upsert_run(run_id, status="interrupted", message=f"stopped at step {step}")
-                    raise Interrupted(run_id, step, out_dir)
-        if not points or points[-1]["step"] != step:  # a fit resumed exactly at its end
-            point, seq_bits = evaluate_now()
-            points.append(point)
-        save()
-        # the store first: a kill between the two leaves a fit that a rerun finishes in no steps
-        if store is not None:
-            store.upsert_run(run_id, status="done", message="stopped early" if stopped_early else None)
-        write_marker(out_dir, "DONE", {"step": step, "stopped_early": stopped_early})
-    model.eval()
-    if seq_bits is None:
-        seq_bits = sequence_bits(model, data_dev, mask_dev)
-    return SequenceFit(model=model, run_id=run_id, out_dir=out_dir, steps=step, points=points,
-                       stopped_early=stopped_early, seq_bits=seq_bits, wall_time=wall)
-
-
-@contextmanager
-def keep_torch_threads() -> Iterator[None]:
-    """Restore torch's thread count on leaving: training pins it (one thread per worker), which
-    must not outlive the call in a caller's process (a notebook, a test)."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+    task = SequenceTask(model_cfg, data, mask, recipe, evaluate, stop_when)
+    store, row = None, {}
+    if record is not None:
+        counts = count_params(model_cfg)
+        store = open_store(record.db)
+        row = dict(name=record.name or run_id, kind=probe_kind(record.probe), group_name=record.probe,
+                   config={**config, "meta": record.meta}, n_total=counts.total, n_embedding=counts.embedding,
+                   n_nonembedding=counts.non_embedding, param_convention=PARAM_CONVENTION, flops_per_token=task.fpt,
+                   unique_train_tokens=int(data.numel()))
+    spec = engine.RunSpec(
+        run_id=run_id, identity=config, optim=recipe.optim, lr=recipe.optim.lr,
+        schedule=recipe.optim.schedule_for(recipe.steps), seed=recipe.seed, device=recipe.device,
+        dtype=recipe.dtype, threads=recipe.threads, eval_steps=engine.every(recipe.eval_every, recipe.steps),
+        store=store, row=row, checkpoint_every=recipe.checkpoint_every, what="fit",
+        fix="remove it or choose another output folder",
+    )
+    outcome = engine.train(task, spec, out_dir, on_step=on_step)
+    model = outcome.load_model()
+    if task.last_bits is not None and task.last_bits[0] == outcome.steps:
+        seq_bits = task.last_bits[1]
+    else:
+        with keep_torch_threads():
+            seq_bits = sequence_bits(model, data, mask)
+    return SequenceFit(model=model, run_id=run_id, out_dir=out_dir, steps=outcome.steps, points=outcome.points,
+                       stopped_early=outcome.stopped_early, seq_bits=seq_bits, wall_time=outcome.wall_time)
 
 
 def _batch_indices(step: int, n: int, batch: int, seed: int) -> torch.Tensor | None:
@@ -422,21 +342,6 @@ def _batch_indices(step: int, n: int, batch: int, seed: int) -> torch.Tensor | N
     epoch, k = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return torch.from_numpy(order[k * batch : (k + 1) * batch])
-
-
-def read_history(path: Path) -> list[dict]:
-    """The evaluation lines of a history.jsonl (empty when there is none)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _store_point(store: Store, run_id: str, point: dict, tokens: float, fpt: float) -> None:
-    core = {"step", "train_loss", "lr", "wall_time"}
-    store.add_point(run_id, step=point["step"], tokens=tokens, flops=tokens * fpt, train_loss=point["train_loss"],
-                    val_loss=point.get("val_loss"), lr=point["lr"], wall_time=point["wall_time"],
-                    extra={k: v for k, v in point.items() if k not in core})
 
 
 # --- results -----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from scalinglab.probes.common import (
     FitRecipe,
     ProbeRecord,
     fit_sequences,
+    probe_optim,
     probe_kind,
     put_probe_result,
     run_parallel,
@@ -118,8 +119,8 @@ class FactsRulesConfig:
 
     def recipe(self, n_items: int) -> FitRecipe:
         steps = max(self.min_steps, math.ceil(self.epochs * n_items / self.batch_size))
-        return FitRecipe(steps=steps, lr=self.lr, warmup=self.warmup, schedule="constant", batch_size=self.batch_size,
-                         weight_decay=self.weight_decay, eval_every=max(1, steps // self.eval_points), seed=self.seed)
+        optim = probe_optim(lr=self.lr, warmup=self.warmup, schedule="constant", weight_decay=self.weight_decay)
+        return FitRecipe(steps=steps, optim=optim, batch_size=self.batch_size, eval_every=max(1, steps // self.eval_points), seed=self.seed)
 
     def key(self) -> str:
         return config_hash(asdict(self))
@@ -326,7 +327,7 @@ def run_facts_rules(cfg: FactsRulesConfig, out_root: Path | str, *, db: Path | s
 
 
 def _fit_dir(cfg: FactsRulesConfig, n_items: int) -> str:
-    recipe = cfg.recipe(n_items).to_dict()
+    recipe = cfg.recipe(n_items).identity()
     return f"D{n_items}-" + config_hash({**cfg.fit_identity(n_items), "model": cfg.model_config().to_dict(),
                                          "recipe": recipe})
 

@@ -19,7 +19,8 @@ epoch budget or the stopping rule, so a larger budget continues a run instead of
 
     config.json          the identity
     last.pt              the latest checkpoint (model, optimizer, Grokfast state), atomic
-    history.jsonl        one line per evaluation
+    train_loss.f32, DONE the engine's loss log and end marker (`scalinglab.train.engine`)
+    metrics.jsonl        one line per evaluation
     snapshots/E.pt       parameters every `snapshot_every` epochs (for the progress measures)
     measures.json        restricted/excluded loss over the snapshots, once the run has stopped
 
@@ -32,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -41,10 +41,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from scalinglab.config import config_hash
+from scalinglab.config import OptimConfig, config_hash
 from scalinglab.errors import UserError
-from scalinglab.fsutil import atomic_open, atomic_write_json, atomic_write_text
-from scalinglab.probes.common import probe_kind, put_probe_result, read_history, run_parallel
+from scalinglab.fsutil import atomic_open, atomic_write_json
+from scalinglab.probes.common import probe_kind, put_probe_result, run_parallel
 from scalinglab.probes.modular import (
     MODELS,
     ModularTask,
@@ -60,10 +60,8 @@ from scalinglab.probes.modular import (
     restricted_excluded_logits,
     weight_norm,
 )
-from scalinglab.store import Store, open_store
-from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint
-from scalinglab.train.loop import Interrupted
-from scalinglab.train.rundir import claim_directory, exclusive, stop_requests, versions
+from scalinglab.store import open_store
+from scalinglab.train import engine
 
 PROBE = "grokking"
 MEMORISED_AT = 0.99  # train accuracy that counts as memorised
@@ -151,6 +149,12 @@ class GrokConfig:
             raise UserError(f"warmup must be >= 0 epochs, got {self.warmup}")
         if self.snapshot_every % self.eval_every:
             raise UserError(f"snapshot_every ({self.snapshot_every}) must be a multiple of eval_every ({self.eval_every})")
+
+    def optim(self) -> OptimConfig:
+        """The grokking recipe as the shared optimizer config: full-batch AdamW with weight decay
+        on every parameter, no gradient clipping, constant LR after a linear warmup."""
+        return OptimConfig(lr=self.lr, warmup=self.warmup, schedule="constant", weight_decay=self.weight_decay,
+                           decay="all", beta1=self.beta1, beta2=self.beta2, grad_clip=0.0)
 
     def identity(self) -> dict:
         """What fixes the trajectory and what is recorded along it (and so names the run)."""
@@ -243,163 +247,130 @@ def _first_epoch(history: pd.DataFrame, column: str, threshold: float) -> int | 
 
 # --- training ------------------------------------------------------------------------------------
 
+class GrokTask(engine.Task):
+    """Full-batch training on the training pairs; an evaluation measures both splits, the weight
+    norm and the embedding's Fourier sparsity, and keeps a parameter snapshot every
+    `snapshot_every` epochs (one epoch is one update)."""
+
+    def __init__(self, cfg: GrokConfig, out_dir: Path) -> None:
+        self.cfg, self.out_dir = cfg, out_dir
+        self.task = ModularTask(cfg.p, cfg.op)
+        self.train_idx, self.test_idx = self.task.split(cfg.train_frac, cfg.seed)
+        self.grad_ema: dict[str, torch.Tensor] = {}
+        model = build_model(cfg.model, cfg.p)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.n_embedding = int(model.number_embedding().numel())
+
+    def setup(self, placement) -> None:  # noqa: ANN001
+        super().setup(placement)
+        device = placement.device
+        self.a, self.b, self.c = (t.to(device) for t in self.task.pairs)
+        self.tr, self.te = self.train_idx.to(device), self.test_idx.to(device)
+
+    def build_model(self) -> torch.nn.Module:
+        return build_model(self.cfg.model, self.cfg.p)
+
+    def loss(self, model: torch.nn.Module, step: int) -> torch.Tensor:
+        return F.cross_entropy(model(self.a[self.tr], self.b[self.tr]), self.c[self.tr])
+
+    def after_backward(self, model: torch.nn.Module) -> None:
+        if self.cfg.grokfast:
+            _grokfast_filter(model, self.grad_ema, self.cfg.grokfast_alpha, self.cfg.grokfast_lamb)
+
+    def state_dict(self) -> dict:
+        return {"grad_ema": {k: v.cpu() for k, v in self.grad_ema.items()}}
+
+    def load_state_dict(self, extra: dict) -> None:
+        self.grad_ema = {k: v.to(self.placement.device) for k, v in extra.get("grad_ema", {}).items()}
+
+    def evaluate(self, model: torch.nn.Module, ctx: engine.EvalContext) -> dict:
+        record = _evaluate(model, self.task, self.a, self.b, self.c, self.tr, self.te, self.cfg.fourier_top)
+        record.update(step=ctx.step, epoch=ctx.step, lr=ctx.lr, wall_time=ctx.wall_time)
+        if ctx.step % self.cfg.snapshot_every == 0:
+            path = self.out_dir / "snapshots" / f"{ctx.step:07d}.pt"
+            path.parent.mkdir(exist_ok=True)
+            with atomic_open(path) as fh:
+                torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, fh)
+        return record
+
+    def store_point(self, h: dict) -> dict:
+        examples = h["epoch"] * len(self.train_idx)
+        extra = {k: h[k] for k in ("train_acc", "test_acc", "weight_norm", "fourier_sparsity", "fourier_effective")}
+        return dict(step=h["epoch"], tokens=examples, flops=6.0 * self.n_params * examples,
+                    train_loss=h["train_loss"], val_loss=h["test_loss"], epoch=h["epoch"], lr=h["lr"],
+                    wall_time=h["wall_time"], extra=extra)
+
+    def should_stop(self, points: list[dict]) -> bool:
+        return _generalised_and_shown(points, self.cfg)
+
+
+class _ProgressReporter(engine.Reporter):
+    def __init__(self, progress: Callable[[dict], None], max_epochs: int) -> None:
+        self.progress, self.max_epochs = progress, max_epochs
+
+    def point(self, point: dict) -> None:
+        self.progress({**point, "max_epochs": self.max_epochs})
+
+
 def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | None = None,
-                   progress: Callable[[dict], None] | None = None, stop_at_epoch: int | None = None) -> GrokRun:
+                   progress: Callable[[dict], None] | None = None, stop_at_epoch: int | None = None,
+                   on_step: Callable[[int, float], None] | None = None) -> GrokRun:
     """Train (or resume, or just load) one grokking run in `out_dir`; record it in `db`.
 
     progress(record) is called after every evaluation with the history row plus "max_epochs".
-    stop_at_epoch ends the call early with status "stopped" (the run stays resumable).
-    Raises `Interrupted` after checkpointing on SIGINT/SIGTERM; `RunBusy` while another process
-    trains the same directory.
+    stop_at_epoch ends the call early with status "stopped" (the run stays resumable);
+    on_step(epoch, loss) is called after every update.
+    Raises `Interrupted` after checkpointing on SIGINT/SIGTERM, `Diverged` on a NaN/inf loss
+    (and on every later call), `RunBusy` while another process trains the same directory.
     """
     cfg = cfg.resolved()
     out_dir = Path(out_dir)
-    claim_directory(out_dir, cfg.identity(), what="grokking run", fix="remove it or choose another output folder")
-    with exclusive(out_dir):
-        return _train(cfg, out_dir, db=db, progress=progress, stop_at_epoch=stop_at_epoch)
-
-
-def _train(cfg: GrokConfig, out_dir: Path, *, db: Path | str | None, progress: Callable[[dict], None] | None,
-           stop_at_epoch: int | None) -> GrokRun:
-    from scalinglab.device import place
-
     identity = cfg.identity()
     run_id = cfg.run_id
-    task = ModularTask(cfg.p, cfg.op)
-    train_idx, test_idx = task.split(cfg.train_frac, cfg.seed)
-    placement = place(cfg.device, "float32", cfg.threads)
-    device = placement.device
-    a, b, c = (t.to(device) for t in task.pairs)
-    tr, te = train_idx.to(device), test_idx.to(device)
+    task = GrokTask(cfg, out_dir)
     store = open_store(db) if db is not None else None
+    row = dict(name=cfg.describe(), kind=probe_kind(PROBE), group_name=PROBE,
+               config={**identity, "max_epochs": cfg.max_epochs, "stop_after": cfg.stop_after},
+               n_total=task.n_params, n_embedding=task.n_embedding, n_nonembedding=task.n_params - task.n_embedding,
+               param_convention="total")
+    spec = engine.RunSpec(
+        run_id=run_id, identity=identity, optim=cfg.optim(), lr=cfg.lr,
+        schedule=cfg.optim().schedule_for(cfg.max_epochs), seed=cfg.seed, device=cfg.device, dtype="float32",
+        threads=cfg.threads, eval_steps=[0, *engine.every(cfg.eval_every, cfg.max_epochs)],
+        extendable=True,  # the budget is not part of the identity: a larger one continues the run
+        store=store, row=row, checkpoint_every=30.0, what="grokking run",
+        fix="remove it or choose another output folder",
+    )
+    reporter = _ProgressReporter(progress, cfg.max_epochs) if progress else None
+    outcome = engine.train(task, spec, out_dir, reporter=reporter, stop_at_step=stop_at_epoch, on_step=on_step)
+    model = outcome.load_model()
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.p).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(cfg.beta1, cfg.beta2))
-    grad_ema: dict[str, torch.Tensor] = {}
-    epoch, wall = 0, 0.0
-    last, history_path = out_dir / "last.pt", out_dir / "history.jsonl"
-    if last.exists():
-        state = load_checkpoint(last)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, wall = state["step"], state["extra"]["wall_time"]
-        grad_ema = {k: v.to(device) for k, v in state["extra"].get("grad_ema", {}).items()}
-    history = [h for h in read_history(history_path) if h["epoch"] <= epoch]
-    unstored: list[dict] = []  # points not yet written to the store (written at checkpoints)
-    n_params = sum(p.numel() for p in model.parameters())
-
-    def evaluate() -> dict:
-        record = _evaluate(model, task, a, b, c, tr, te, cfg.fourier_top)
-        record.update(epoch=epoch, lr=cfg.lr * _warmup(epoch - 1, cfg.warmup) if epoch else 0.0, wall_time=wall)
-        return record
-
-    def snapshot() -> None:
-        path = out_dir / "snapshots" / f"{epoch:07d}.pt"
-        path.parent.mkdir(exist_ok=True)
-        with atomic_open(path) as fh:
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, fh)
-
-    def save() -> None:
-        save_checkpoint(last, model=model, optimizer=optimizer, step=epoch, config=identity,
-                        extra={"wall_time": wall, "grad_ema": {k: v.cpu() for k, v in grad_ema.items()}})
-        atomic_write_text(history_path, "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
-        if store is not None:
-            for h in unstored:
-                _store_point(store, run_id, h, n_train=len(train_idx), n_params=n_params)
-        unstored.clear()
-
-    status = _status(history, cfg, epoch) if history else None
-    if store is not None:
-        store.upsert_run(run_id, name=cfg.describe(), kind=probe_kind(PROBE),
-                         status="running" if status is None else "done", group_name=PROBE,
-                         config={**identity, "max_epochs": cfg.max_epochs, "stop_after": cfg.stop_after},
-                         n_total=n_params, n_embedding=int(model.number_embedding().numel()),
-                         n_nonembedding=n_params - int(model.number_embedding().numel()),
-                         param_convention="total", seed=cfg.seed, device=placement.describe(), dtype="float32",
-                         versions=versions(), out_dir=str(out_dir.resolve()))
-    if not history:  # epoch 0: the untrained model, for the start of every curve
-        history.append(evaluate())
-        unstored.append(history[-1])
-        snapshot()
-        save()
-
-    model.train()
-    last_save = time.monotonic()
-    with stop_requests() as stop:
-        while status is None:
-            if stop_at_epoch is not None and epoch >= stop_at_epoch:
-                status = "stopped"
-                break
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * _warmup(epoch, cfg.warmup)
-            loss = F.cross_entropy(model(a[tr], b[tr]), c[tr])
-            if not math.isfinite(float(loss.detach())):
-                if store is not None:
-                    store.upsert_run(run_id, status="diverged", diverged_step=epoch,
-                                     message=f"loss {float(loss.detach())} at epoch {epoch}")
-                raise UserError(f"grokking run {run_id} diverged at epoch {epoch} (loss {float(loss.detach())}); "
-                                "lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grokfast:
-                _grokfast_filter(model, grad_ema, cfg.grokfast_alpha, cfg.grokfast_lamb)
-            optimizer.step()
-            epoch += 1
-            wall += time.perf_counter() - t0
-            if epoch % cfg.eval_every == 0:
-                history.append(evaluate())
-                unstored.append(history[-1])
-                model.train()
-                if epoch % cfg.snapshot_every == 0:
-                    snapshot()
-                if progress:
-                    progress({**history[-1], "max_epochs": cfg.max_epochs})
-                status = _status(history, cfg, epoch)
-            if status is not None or time.monotonic() - last_save > 30 or stop["stop"]:
-                save()
-                last_save = time.monotonic()
-            if stop["stop"]:
-                if store is not None:
-                    store.upsert_run(run_id, status="interrupted", message=f"stopped at epoch {epoch}")
-                raise Interrupted(run_id, epoch, out_dir)
-    save()
-
-    frame = pd.DataFrame(history)[HISTORY_COLUMNS]
-    spectrum = embedding_spectrum(task, model.number_embedding())
+    history = pd.DataFrame(outcome.points)[HISTORY_COLUMNS]
+    generalised = _first_epoch(history, "test_acc", GENERALISED_AT) is not None
+    status = "stopped" if outcome.status == "interrupted" else "generalised" if generalised else "budget"
+    spectrum = embedding_spectrum(task.task, model.number_embedding())
     measures, keys = None, []
     if status != "stopped":
-        measures, keys = progress_measures(cfg, task, model, out_dir, train_idx, test_idx, epoch)
-    run = GrokRun(run_id=run_id, out_dir=out_dir, config=cfg, status=status, epochs=epoch, wall_time=wall,
-                  n_train=len(train_idx), n_test=len(test_idx), history=frame, measures=measures,
-                  key_frequencies=keys, spectrum=spectrum.tolist())
-    if store is not None:
-        if status == "stopped":
-            store.upsert_run(run_id, status="interrupted", message=f"stopped at epoch {epoch}")
-        else:
-            message = (f"generalised at epoch {run.generalised_epoch}" if status == "generalised"
-                       else f"no generalisation within {cfg.max_epochs} epochs")
-            store.upsert_run(run_id, status="done", message=message)
-            put_probe_result(store, PROBE, run_id, {**run.summary(), "spectrum": run.spectrum,
-                                                    "measures": measures.to_dict("records")}, run_id=run_id)
+        measures, keys = progress_measures(cfg, task.task, model, out_dir, task.train_idx, task.test_idx,
+                                           outcome.steps)
+    run = GrokRun(run_id=run_id, out_dir=out_dir, config=cfg, status=status, epochs=outcome.steps,
+                  wall_time=outcome.wall_time, n_train=len(task.train_idx), n_test=len(task.test_idx),
+                  history=history, measures=measures, key_frequencies=keys, spectrum=spectrum.tolist())
+    if store is not None and status != "stopped":
+        message = (f"generalised at epoch {run.generalised_epoch}" if status == "generalised"
+                   else f"no generalisation within {cfg.max_epochs} epochs")
+        store.upsert_run(run_id, message=message)
+        put_probe_result(store, PROBE, run_id, {**run.summary(), "spectrum": run.spectrum,
+                                                "measures": measures.to_dict("records")}, run_id=run_id)
     return run
 
 
-def _status(history: list[dict], cfg: GrokConfig, epoch: int) -> str | None:
-    """Why the run stops now, or None to go on: a pure function of the history, so a resumed
-    run stops exactly where an uninterrupted one would."""
+def _generalised_and_shown(history: list[dict], cfg: GrokConfig) -> bool:
+    """Stop now? Once generalised at epoch G, after G x (1 + stop_after) epochs: a pure function
+    of the evaluations, so a resumed run stops exactly where an uninterrupted one would."""
+    epoch = history[-1]["epoch"]
     generalised = next((h["epoch"] for h in history if h["test_acc"] >= GENERALISED_AT), None)
-    if generalised is not None and cfg.stop_after >= 0 and epoch >= generalised * (1 + cfg.stop_after):
-        return "generalised"
-    if epoch >= cfg.max_epochs:
-        return "generalised" if generalised is not None else "budget"
-    return None
-
-
-def _warmup(epoch: int, warmup: int) -> float:
-    return min(1.0, (epoch + 1) / warmup) if warmup > 0 else 1.0
+    return generalised is not None and cfg.stop_after >= 0 and epoch >= generalised * (1 + cfg.stop_after)
 
 
 def _grokfast_filter(model: torch.nn.Module, ema: dict[str, torch.Tensor], alpha: float, lamb: float) -> None:
@@ -430,14 +401,6 @@ def _evaluate(model, task: ModularTask, a, b, c, tr, te, fourier_top: int) -> di
         "weight_norm": weight_norm(model), "fourier_sparsity": fourier_sparsity(spectrum, fourier_top),
         "fourier_effective": effective_frequencies(spectrum),
     }
-
-
-def _store_point(store: Store, run_id: str, h: dict, *, n_train: int, n_params: int) -> None:
-    examples = h["epoch"] * n_train
-    extra = {k: h[k] for k in ("train_acc", "test_acc", "weight_norm", "fourier_sparsity", "fourier_effective")}
-    store.add_point(run_id, step=h["epoch"], tokens=examples, flops=6.0 * n_params * examples,
-                    train_loss=h["train_loss"], val_loss=h["test_loss"], epoch=h["epoch"], lr=h["lr"],
-                    wall_time=h["wall_time"], extra=extra)
 
 
 # --- progress measures over the snapshots -----------------------------------------------------------

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scalinglab.config import ModelSpec, RunConfig, TrainConfig, resolve_model
+from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig, resolve_model
 from scalinglab.corpus.prepare import CorpusConfig, PreparedCorpus, classical_bpb, prepare_corpus
 from scalinglab.errors import UserError
 from scalinglab.fsutil import atomic_write_json
@@ -233,9 +233,9 @@ def plan_for(job: TrainJob, corpus: PreparedCorpus, n_params: int):  # noqa: ANN
     cfg = job.cfg
     subset = subset_for(cfg, corpus, n_params, job.role, job.ratio)
     d_tokens = subset.unique_train_tokens
-    run_cfg = RunConfig(corpus=cfg.corpus, model=cfg.model_spec(),
+    run_cfg = RunConfig(corpus=cfg.corpus, model=cfg.model_spec(), optim=OptimConfig(lr=cfg.lr),
                         train=TrainConfig(tokens=cfg.budget * n_params, tpp=None, seq_len=cfg.seq_len,
-                                          batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device,
+                                          batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
                                           eval_points=4),
                         name=f"memorization {job.label}")
     kind = probe_kind(PROBE) if job.role == "model" else REFERENCE_KIND
