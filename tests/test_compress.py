@@ -14,7 +14,7 @@ import torch
 
 from scalinglab.compress import coder, lm
 from scalinglab.compress.archive import compress_bytes, compress_file, decompress_bytes, decompress_file, load_compressor
-from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus import CorpusConfig, prepare_corpus
 from scalinglab.errors import UserError
 from scalinglab.model import GPT, ModelConfig
@@ -40,8 +40,8 @@ def trained(text_corpus, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("compress-model")
     cfg = RunConfig(corpus=CorpusConfig(source=str(text_corpus)),
                     model=ModelSpec(size=None, n_layer=1, d_model=32, n_head=2),
-                    train=TrainConfig(tokens=30_000, batch_size=4, seq_len=CONTEXT, eval_points=2, eval_tokens=1024,
-                                      lr=3e-3))
+                    optim=OptimConfig(lr=3e-3),
+                    train=TrainConfig(tokens=30_000, batch_size=4, seq_len=CONTEXT, eval_points=2, eval_tokens=1024))
     corpus = prepare_corpus(cfg.corpus)
     train_run(plan_run(cfg, corpus), corpus, open_store(root / "s.db"), root / "run")
     return root / "run"

@@ -20,7 +20,7 @@ from scalinglab.compress.bench import BenchSettings, compress_bench
 from scalinglab.compress.figures import plot_compression_vs_data, plot_prequential
 from scalinglab.compress.prequential import prequential_code_length
 from scalinglab.compress.vsdata import compression_vs_data
-from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus import CorpusConfig, prepare_corpus, split_bytes
 from scalinglab.errors import UserError
 from scalinglab.store import open_store
@@ -39,8 +39,8 @@ def study(text_corpus, tmp_path_factory) -> tuple[Path, list[Path]]:
     for tokens in (8_192, 40_960):
         cfg = RunConfig(corpus=CorpusConfig(source=str(text_corpus)),
                         model=ModelSpec(size=None, n_layer=1, d_model=32, n_head=2),
-                        train=TrainConfig(tokens=tokens, batch_size=4, seq_len=64, eval_points=2, eval_tokens=1024,
-                                          lr=3e-3))
+                        optim=OptimConfig(lr=3e-3),
+                        train=TrainConfig(tokens=tokens, batch_size=4, seq_len=64, eval_points=2, eval_tokens=1024))
         corpus = prepare_corpus(cfg.corpus)
         plan = plan_run(cfg, corpus, kind="branch")
         plan.group = GROUP
@@ -147,8 +147,8 @@ def test_compression_vs_data_with_the_real_archive_from_run_directories(study):
 def _tiny_run(source: Path, out: Path, store, *, tokens: int = 2048, kind: str = "train",
               schedule: str = "wsd"):  # noqa: ANN001
     cfg = RunConfig(corpus=CorpusConfig(source=str(source)), model=ModelSpec(size=None, n_layer=1, d_model=16, n_head=1),
-                    train=TrainConfig(tokens=tokens, batch_size=4, seq_len=64, eval_points=1, eval_tokens=512, lr=3e-3,
-                                      schedule=schedule, warmup=1))
+                    optim=OptimConfig(lr=3e-3, schedule=schedule, warmup=1),
+                    train=TrainConfig(tokens=tokens, batch_size=4, seq_len=64, eval_points=1, eval_tokens=512))
     corpus = prepare_corpus(cfg.corpus)
     plan = plan_run(cfg, corpus, kind=kind)
     train_run(plan, corpus, store, out)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -16,13 +14,13 @@ from scalinglab.probes.common import (
     FitRecipe,
     ProbeRecord,
     fit_sequences,
+    probe_optim,
     probe_results,
     put_probe_result,
     run_parallel,
     sequence_bits,
 )
 from scalinglab.store import open_store
-from scalinglab.train import Interrupted
 
 CFG = ModelConfig(n_layer=1, d_model=16, n_head=1, vocab_size=32)
 
@@ -40,7 +38,7 @@ def test_sequence_bits_of_an_untrained_model_are_about_uniform():
 
 
 def test_a_fit_memorises_and_records_itself(tmp_path):
-    recipe = FitRecipe(steps=150, lr=1e-2, eval_every=50)
+    recipe = FitRecipe(steps=150, optim=probe_optim(lr=1e-2), eval_every=50)
     record = ProbeRecord(tmp_path / "p.db", "demo", name="demo fit", meta={"what": "test"})
     result = fit_sequences(CFG, data(), recipe, tmp_path / "fit", record=record)
     assert [p["step"] for p in result.points] == [50, 100, 150]
@@ -55,23 +53,8 @@ def test_a_fit_memorises_and_records_itself(tmp_path):
     assert probe_results(store, "demo")[0]["x"] == 1
 
 
-def test_an_interrupted_fit_resumes_bit_identically(tmp_path):
-    recipe = FitRecipe(steps=120, lr=1e-2, eval_every=40, batch_size=8)
-    straight = fit_sequences(CFG, data(), recipe, tmp_path / "a")
-
-    def interrupt(step: int, loss: float) -> None:
-        if step == 57:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    with pytest.raises(Interrupted):
-        fit_sequences(CFG, data(), recipe, tmp_path / "b", on_step=interrupt)
-    resumed = fit_sequences(CFG, data(), recipe, tmp_path / "b")
-    assert [p["train_bits"] for p in resumed.points] == [p["train_bits"] for p in straight.points]
-    assert np.array_equal(resumed.seq_bits, straight.seq_bits)
-
-
 def test_a_finished_fit_is_loaded_not_retrained(tmp_path):
-    recipe = FitRecipe(steps=30, lr=1e-2, eval_every=10)
+    recipe = FitRecipe(steps=30, optim=probe_optim(lr=1e-2), eval_every=10)
     first = fit_sequences(CFG, data(), recipe, tmp_path / "fit", stop_when=lambda pts: pts[-1]["step"] >= 20)
     assert first.stopped_early and first.steps == 20
     stamp = (tmp_path / "fit" / "last.pt").stat().st_mtime_ns
@@ -87,7 +70,7 @@ def test_a_finished_fit_is_loaded_not_retrained(tmp_path):
 def test_loss_mask_trains_and_scores_only_the_chosen_positions(tmp_path):
     mask = torch.zeros(9)
     mask[-1] = 1.0  # only the last token of each sequence counts
-    result = fit_sequences(CFG, data(), FitRecipe(steps=150, lr=1e-2, eval_every=150), tmp_path / "fit",
+    result = fit_sequences(CFG, data(), FitRecipe(steps=150, optim=probe_optim(lr=1e-2), eval_every=150), tmp_path / "fit",
                            loss_mask=mask)
     masked = sequence_bits(result.model, data(), mask)
     full = sequence_bits(result.model, data())
@@ -103,7 +86,8 @@ def test_bad_sequences_are_user_errors(tmp_path, bad):
 
 
 def test_bad_recipes_are_user_errors():
-    for bad in (dict(steps=0), dict(steps=5, lr=-1.0), dict(steps=5, schedule="sometimes"), dict(steps=5, batch_size=0)):
+    for bad in (dict(steps=0), dict(steps=5, optim=probe_optim(lr=-1.0)),
+                dict(steps=5, optim=probe_optim(schedule="sometimes")), dict(steps=5, batch_size=0)):
         with pytest.raises(UserError):
             FitRecipe(**bad)
 
@@ -117,25 +101,12 @@ def test_run_parallel_keeps_job_order():
     assert run_parallel(_square, [3, 1, 2], workers=1) == [9, 1, 4]
 
 
-def test_a_diverged_fit_is_recorded_and_refused_on_rerun(tmp_path):
-    from scalinglab.train import Diverged
-    from scalinglab.train.rundir import read_marker
-
-    recipe = FitRecipe(steps=50, lr=1e30, warmup=0, grad_clip=0.0, eval_every=10)
-    record = ProbeRecord(tmp_path / "p.db", "demo", name="too hot")
-    with pytest.raises(Diverged) as first:
-        fit_sequences(CFG, data(), recipe, tmp_path / "fit", record=record)
-    marker = read_marker(tmp_path / "fit", "DIVERGED")
-    assert marker is not None and marker["step"] == first.value.step < 50
-    (run,) = open_store(tmp_path / "p.db").runs(group="demo")
-    assert run["status"] == "diverged"
-    with pytest.raises(Diverged):  # a rerun stops at once instead of training again
-        fit_sequences(CFG, data(), recipe, tmp_path / "fit", record=record)
-    # through the pool wrapper it is one line a user can act on
+def test_a_diverged_fit_is_one_line_through_the_worker_pool(tmp_path):
+    # (marking and refusing a diverged run is the engine's, tested over every kind in test_engine)
     with pytest.raises(UserError, match="diverged.*lower the learning rate"):
         run_parallel(_fit_hot, [str(tmp_path / "fit2")], workers=1)
 
 
 def _fit_hot(out_dir: str):
-    recipe = FitRecipe(steps=50, lr=1e30, warmup=0, grad_clip=0.0, eval_every=10)
+    recipe = FitRecipe(steps=50, optim=probe_optim(lr=1e30, warmup=0, grad_clip=0.0), eval_every=10)
     return fit_sequences(CFG, data(), recipe, out_dir)

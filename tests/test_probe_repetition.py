@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_text
 
-from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus import CorpusConfig, prepare_corpus
 from scalinglab.errors import UserError
 from scalinglab.probes.junk import JunkSpec, junk_corpus, junk_share, junk_tokens
@@ -25,7 +25,8 @@ def corpus(tmp_path_factory):
 def _base(corpus_path: str, tokens: float) -> RunConfig:
     # Small batches of short sequences: enough updates for a tiny model to overfit a tiny subset.
     return RunConfig(corpus=CorpusConfig(source=corpus_path), model=ModelSpec(size="10k"),
-                     train=TrainConfig(tokens=tokens, seq_len=64, batch_size=2, lr=1e-2, eval_points=2,
+                     optim=OptimConfig(lr=1e-2),
+                     train=TrainConfig(tokens=tokens, seq_len=64, batch_size=2, eval_points=2,
                                        eval_tokens=8192))
 
 
