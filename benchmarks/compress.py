@@ -27,7 +27,7 @@ import torch
 from scalinglab.compress import DEFAULT_BATCH
 from scalinglab.compress.archive import load_compressor
 from scalinglab.compress.bench import BenchProgress, BenchSettings, compress_bench
-from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus import CorpusConfig, prepare_corpus, split_bytes
 from scalinglab.fsutil import atomic_write_bytes, atomic_write_json, atomic_write_text
 from scalinglab.model import count_params
@@ -47,14 +47,14 @@ def train_or_reuse(workdir: Path, tokens: float) -> Path:
     change when the project's default rules do; at this budget it reached 2.30 val bits/byte where
     the default rule of the time (LR 4.7e-3) reached 2.83."""
     cfg = RunConfig(corpus=CorpusConfig(), model=ModelSpec(size="1m"),
-                    train=TrainConfig(tokens=tokens, batch_size=16, lr=3e-3, eval_points=4))
+                    optim=OptimConfig(lr=3e-3), train=TrainConfig(tokens=tokens, batch_size=16, eval_points=4))
     corpus = prepare_corpus(cfg.corpus)
     plan = plan_run(cfg, corpus)
     out = workdir / plan.run_id  # a changed recipe trains a new model rather than clashing with the old
     done = (out / "DONE").exists()
     print(f"model: {'reusing' if done else 'training'} {out} (run {plan.run_id})", flush=True)
     result = train_run(plan, corpus, open_store(workdir / "store.db"), out, resume=out.exists(),
-                       reporter=None if done else RichReporter(label="train 1m"))
+                       reporter=None if done else RichReporter(plan.batch_tokens, label="train 1m"))
     last = result.points[-1]
     counts = count_params(plan.model)
     print(f"model: 1m preset, {counts.total:,} parameters ({counts.non_embedding:,} non-embedding), "

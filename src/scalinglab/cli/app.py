@@ -25,6 +25,11 @@ err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True
 
 DEFAULT_DB = Path("scalinglab.db")
 
+# Every command that trains takes a TOML file of its config's fields and `--set` overrides;
+# its own options default to None, so that every default lives in the config dataclass.
+CONFIG_HELP = "TOML file of settings (the fields of the command's config; sections as tables)."
+SET_HELP = "Override a setting: field=value or section.field=value, e.g. optim.lr=1e-3 (repeatable)."
+
 DbOption = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite); created if missing.")
 
 

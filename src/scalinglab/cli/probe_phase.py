@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import DEFAULT_DB, console, err_console
+from scalinglab.cli.app import CONFIG_HELP, DEFAULT_DB, SET_HELP, console, err_console
 from scalinglab.cli.probe import probe_app
 from scalinglab.errors import UserError
 
@@ -38,17 +38,17 @@ def _fmt_epoch(value) -> str:  # noqa: ANN001
 @probe_app.command("grokking")
 def grokking(
     p: Optional[int] = typer.Option(None, "--p", help="Prime modulus (default 97; 113 for the transformer)."),
-    op: str = typer.Option("+", "--op", help="Operation: + - * / (or add, sub, mul, div)."),
+    op: Optional[str] = typer.Option(None, "--op", help="Operation: + - * / (or add, sub, mul, div; default +)."),
     frac: Optional[float] = typer.Option(None, "--frac", help="Training share of all pairs (default 0.5; 0.3 for the transformer)."),
-    model: str = typer.Option("mlp", "--model", help="mlp (fast, default) or transformer (Nanda et al. 2023; ~30-45 min on a CPU)."),
+    model: Optional[str] = typer.Option(None, "--model", help="mlp (fast, default) or transformer (Nanda et al. 2023; ~30-45 min on a CPU)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epoch budget (default 5000; 40000 for the transformer)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 3e-3; 1e-3 for the transformer)."),
-    wd: float = typer.Option(1.0, "--wd", help="AdamW weight decay (grokking needs it; 0 memorises only)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split and the initialisation."),
-    grokfast: bool = typer.Option(False, "--grokfast/--no-grokfast", help="Add the Grokfast gradient-EMA filter."),
-    grokfast_alpha: float = typer.Option(0.98, "--grokfast-alpha", help="Grokfast EMA decay."),
-    grokfast_lambda: float = typer.Option(2.0, "--grokfast-lambda", help="Grokfast amplification."),
-    stop_after: float = typer.Option(0.25, "--stop-after", help="After generalising at epoch G, stop at G x (1 + this); negative: use the whole budget."),
+    wd: Optional[float] = typer.Option(None, "--wd", help="AdamW weight decay (default 1; grokking needs it, 0 memorises only)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the split and the initialisation (default 0)."),
+    grokfast: Optional[bool] = typer.Option(None, "--grokfast/--no-grokfast", help="Add the Grokfast gradient-EMA filter."),
+    grokfast_alpha: Optional[float] = typer.Option(None, "--grokfast-alpha", help="Grokfast EMA decay (default 0.98)."),
+    grokfast_lambda: Optional[float] = typer.Option(None, "--grokfast-lambda", help="Grokfast amplification (default 2)."),
+    stop_after: Optional[float] = typer.Option(None, "--stop-after", help="After generalising at epoch G, stop at G x (1 + this) (default 0.25); negative: use the whole budget."),
     eval_every: Optional[int] = typer.Option(None, "--eval-every", help="Epochs between evaluations (default 10; 100 for the transformer)."),
     fractions: Optional[str] = typer.Option(None, "--fractions", help="Sweep the training fraction, e.g. 0.2,0.3,0.4,0.5,0.6."),
     compare_grokfast: bool = typer.Option(False, "--compare-grokfast", help="Run with and without Grokfast and compare."),
@@ -56,23 +56,27 @@ def grokking(
     out: Path = typer.Option(Path("runs/probes/grokking"), "--out", help="Folder of the run directories."),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda | auto."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) | cuda | auto."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Grokking on modular arithmetic: epochs to memorise and to generalise, progress measures."""
 
     from scalinglab.probes import figures_phase as figs
+    from scalinglab.config import build_config
     from scalinglab.probes.grokking import GrokConfig, compare_grokfast as compare, sweep_fractions, train_grokking
     from scalinglab.store import open_store
-    from scalinglab.train import Interrupted
+    from scalinglab.train import Diverged, Interrupted
 
     if fractions is not None and compare_grokfast:
         raise UserError("--fractions and --compare-grokfast each start several runs; use one at a time")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    cfg = GrokConfig(p=p, op=op, train_frac=frac, model=model, max_epochs=epochs, lr=lr, weight_decay=wd, seed=seed,
-                     grokfast=grokfast, grokfast_alpha=grokfast_alpha, grokfast_lamb=grokfast_lambda,
-                     stop_after=stop_after, eval_every=eval_every, device=device).resolved()
+    cfg = build_config(GrokConfig, config, set_, p=p, op=op, train_frac=frac, model=model, max_epochs=epochs, lr=lr,
+                       weight_decay=wd, seed=seed, grokfast=grokfast, grokfast_alpha=grokfast_alpha,
+                       grokfast_lamb=grokfast_lambda, stop_after=stop_after, eval_every=eval_every,
+                       device=device).resolved()
     sweep_values = _fractions(fractions, "--fractions") if fractions is not None else None
     open_store(db)  # fail early on a bad --db
     fig_dir = figures or out / "figures"
@@ -111,6 +115,9 @@ def grokking(
     except Interrupted as exc:
         err_console.print(f"stopped at epoch {exc.step}; run the same command again to continue", highlight=False)
         raise typer.Exit(130)
+    except Diverged as exc:
+        err_console.print(f"diverged: {exc}; recorded in {db}; lower --lr (a rerun stops here again)", highlight=False)
+        raise typer.Exit(1)
     except KeyboardInterrupt:  # a sweep or comparison: finished runs are kept
         err_console.print("stopped; run the same command again to continue (finished runs are kept)")
         raise typer.Exit(130)
@@ -182,8 +189,8 @@ def repetition(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: width rule)."),
     eval_tokens: Optional[int] = typer.Option(None, help="Tokens of the fixed val set (default 65536)."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, data order and junk."),
-    config: Optional[Path] = typer.Option(None, help="TOML config with [corpus] [model] [train] sections."),
-    set_: list[str] = typer.Option([], "--set", help="Override: section.field=value (repeatable)."),
+    config: Optional[Path] = typer.Option(None, help="TOML config with [corpus] [model] [optim] [train] sections."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     workers: int = typer.Option(1, "--workers", help="Runs in parallel (one core each)."),
     out: Path = typer.Option(Path("runs/probes/repetition"), "--out", help="Folder of the run directories."),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
@@ -206,7 +213,7 @@ def repetition(
         model__size=size if (size or params) else (None if config or set_ else "30k"),
         model__params=parse_number(params, "--params") if params else None,
         train__tokens=parse_number(tokens, "--tokens"), train__seq_len=seq_len, train__batch_size=batch_size,
-        train__lr=lr, train__eval_tokens=eval_tokens, train__seed=seed,
+        optim__lr=lr, train__eval_tokens=eval_tokens, train__seed=seed,
         train__eval_points=None if config or set_ else 4,
     )
     base.validate()
@@ -246,15 +253,17 @@ def _print_repetition(result) -> None:  # noqa: ANN001
 
 @probe_app.command("facts-rules")
 def facts_rules(
-    items: str = typer.Option("128,256,512,1024,2048,4096", "--items", help="Dataset sizes D (facts + rule items), one fit each."),
-    rule_share: float = typer.Option(0.5, "--rule-share", help="Share of rule items in each dataset."),
-    alphabet: int = typer.Option(64, "--alphabet", help="Symbols per key/value position (a fact holds 2 log2 of it in bits)."),
-    d_model: int = typer.Option(16, "--d-model", help="Width of the GPT (fixed N)."),
-    n_layer: int = typer.Option(1, "--n-layer", help="Layers of the GPT."),
-    epochs: int = typer.Option(400, "--epochs", help="Passes over each dataset (exposures per item)."),
-    lr: float = typer.Option(1e-2, "--lr", help="AdamW learning rate."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Sequences per update."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the data, the rule and the initialisation."),
+    items: Optional[str] = typer.Option(None, "--items", help="Dataset sizes D (facts + rule items), one fit each (default 128,256,...,4096)."),
+    rule_share: Optional[float] = typer.Option(None, "--rule-share", help="Share of rule items in each dataset (default 0.5)."),
+    alphabet: Optional[int] = typer.Option(None, "--alphabet", help="Symbols per key/value position (a fact holds 2 log2 of it in bits; default 64)."),
+    d_model: Optional[int] = typer.Option(None, "--d-model", help="Width of the GPT (fixed N; default 16)."),
+    n_layer: Optional[int] = typer.Option(None, "--n-layer", help="Layers of the GPT (default 1)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Passes over each dataset (exposures per item; default 400)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="AdamW learning rate (default 1e-2)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per update (default 256)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data, the rule and the initialisation (default 0)."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     workers: int = typer.Option(1, "--workers", help="Fits in parallel (one core each)."),
     out: Path = typer.Option(Path("runs/probes/facts-rules"), "--out", help="Folder of the fit directories."),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
@@ -264,14 +273,16 @@ def facts_rules(
     from rich.table import Table
 
     from scalinglab.probes import figures_phase as figs
+    from scalinglab.config import build_config
     from scalinglab.probes.facts_rules import FactsRulesConfig, parse_items, run_facts_rules, summary_lines
     from scalinglab.store import open_store
     from scalinglab.train import Interrupted
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    cfg = FactsRulesConfig(items=parse_items(items), rule_share=rule_share, alphabet=alphabet, d_model=d_model,
-                           n_layer=n_layer, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    cfg = build_config(FactsRulesConfig, config, set_, items=parse_items(items) if items is not None else None,
+                       rule_share=rule_share, alphabet=alphabet, d_model=d_model, n_layer=n_layer, epochs=epochs, lr=lr,
+                       batch_size=batch_size, seed=seed)
     open_store(db)
     try:
         result = run_facts_rules(cfg, out, db=db, workers=workers, console=err_console)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import DEFAULT_DB, console, err_console, parse_number
+from scalinglab.cli.app import CONFIG_HELP, DEFAULT_DB, SET_HELP, console, err_console, parse_number
 from scalinglab.cli.probe import probe_app
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
@@ -28,30 +28,34 @@ def _check_db(db: Path) -> None:
 
 @probe_app.command()
 def capacity(
-    models: str = typer.Option("1x24,1x32,1x48,1x64", help="Model shapes LAYERSxWIDTH, comma-separated."),
-    vocab: int = typer.Option(256, help="Vocabulary V of the random sequences."),
-    seq_len: int = typer.Option(32, help="Tokens per sequence S (S-1 are scored)."),
-    bits_per_param: str = typer.Option("1,2,3,4,6", help="Data set sizes per model, as H(data) / parameters."),
-    steps: int = typer.Option(4000, help="Training steps per run (runs that memorise everything stop early)."),
-    lr: float = typer.Option(3e-2, help="Peak learning rate (AdamW, β = (0.9, 0.98))."),
-    schedule: str = typer.Option("cosine", help="constant | cosine | wsd."),
-    batch_tokens: int = typer.Option(2048, help="Scored tokens per step; smaller data sets train full batch."),
-    seed: int = typer.Option(0, help="Seed of the data and the initialisation."),
+    models: Optional[str] = typer.Option(None, help="Model shapes LAYERSxWIDTH, comma-separated (default 1x24,1x32,1x48,1x64)."),
+    vocab: Optional[int] = typer.Option(None, help="Vocabulary V of the random sequences (default 256)."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per sequence S, S-1 of them scored (default 32)."),
+    bits_per_param: Optional[str] = typer.Option(None, help="Data set sizes per model, as H(data) / parameters (default 1,2,3,4,6)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps per run (default 4000; runs that memorise everything stop early)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (AdamW, β = (0.9, 0.98); default 3e-2)."),
+    schedule: Optional[str] = typer.Option(None, help="constant | cosine (default) | wsd."),
+    batch_tokens: Optional[int] = typer.Option(None, help="Scored tokens per step (default 2048); smaller data sets train full batch."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the data and the initialisation (default 0)."),
     workers: int = typer.Option(2, help="Parallel worker processes (one torch thread each)."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: Optional[str] = typer.Option(None, help="cpu (default) | cuda | cuda:N."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     out: Path = typer.Option(Path("runs/probes/capacity"), help="Folder of the fits (resumable)."),
     figures: Optional[Path] = typer.Option(None, help="Folder for the figures (default: OUT/figures)."),
 ) -> None:
     """Memorisation capacity in bits per parameter on uniformly random sequences (Morris et al. 2025)."""
+    from scalinglab.config import build_config
     from scalinglab.probes.capacity import CapacityConfig, parse_models, run_capacity
     from scalinglab.probes.figures_storage import capacity_figures
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    cfg = CapacityConfig(models=parse_models(models), vocab_size=vocab, seq_len=seq_len,
-                         data_bits_per_param=_numbers(bits_per_param, "--bits-per-param"), steps=steps, lr=lr,
-                         schedule=schedule, max_batch_tokens=batch_tokens, seed=seed, device=device)
+    cfg = build_config(CapacityConfig, config, set_, models=parse_models(models) if models is not None else None,
+                       vocab_size=vocab, seq_len=seq_len, steps=steps, lr=lr, schedule=schedule,
+                       data_bits_per_param=_numbers(bits_per_param, "--bits-per-param") if bits_per_param else None,
+                       max_batch_tokens=batch_tokens, seed=seed, device=device)
     _check_db(db)
     result = run_capacity(cfg, out, db, workers=workers, console=err_console)
     paths = capacity_figures(result, figures or out / "figures")

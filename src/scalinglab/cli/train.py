@@ -36,7 +36,7 @@ def train(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default 1)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile on CUDA."),
-    config: Optional[Path] = typer.Option(None, help="TOML config with [corpus] [model] [train] sections."),
+    config: Optional[Path] = typer.Option(None, help="TOML config with [corpus] [model] [optim] [train] sections."),
     set_: list[str] = typer.Option([], "--set", help="Override: section.field=value (repeatable)."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     out: Optional[Path] = typer.Option(None, help="Run directory (default runs/<run id>)."),
@@ -59,8 +59,8 @@ def train(
         corpus__vocab_size=vocab_size, model__size=size,
         model__params=parse_number(params, "--params") if params else None,
         train__tokens=parse_number(tokens, "--tokens") if tokens else None, train__tpp=tpp,
-        train__batch_size=batch_size, train__seq_len=seq_len, train__lr=lr, train__warmup=warmup,
-        train__schedule=schedule, train__cooldown_frac=cooldown_frac, train__cooldown_shape=cooldown_shape,
+        train__batch_size=batch_size, train__seq_len=seq_len, optim__lr=lr, optim__warmup=warmup,
+        optim__schedule=schedule, optim__cooldown_frac=cooldown_frac, optim__cooldown_shape=cooldown_shape,
         train__eval_points=eval_points, train__eval_tokens=eval_tokens, train__seed=seed, train__device=device,
         train__dtype=dtype, train__threads=threads, train__compile=compile,
     )
@@ -81,7 +81,7 @@ def train(
     )
     if resume and not (out_dir / "config.json").exists():
         raise UserError(f"nothing to resume in {out_dir}; drop --resume to start this run, or pass the --out of the run")
-    reporter = None if quiet else RichReporter(err_console)
+    reporter = None if quiet else RichReporter(plan.batch_tokens, err_console)
     try:
         result = train_run(plan, prepared, store, out_dir, resume=resume, reporter=reporter)
     except Diverged as exc:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus.prepare import PreparedCorpus
 from scalinglab.parallel import WorkerPool
 from scalinglab.study.grid import Grid, SizePlan
@@ -58,10 +58,11 @@ def run_config(grid: Grid, size: SizePlan, tokens: float, schedule: str) -> RunC
         corpus=cfg.corpus,
         model=ModelSpec(size=None, n_layer=size.model.n_layer, d_model=size.model.d_model, n_head=size.model.n_head,
                         mlp_ratio=size.model.mlp_ratio, tie_embeddings=size.model.tie_embeddings),
-        train=TrainConfig(tokens=tokens, tpp=None, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
-                          warmup=size.warmup, schedule=schedule, cooldown_frac=cfg.cooldown_frac,
-                          cooldown_shape=cfg.cooldown_shape, eval_tokens=cfg.eval_tokens, seed=cfg.seed,
-                          device=cfg.device, dtype=cfg.dtype, threads=1, compile=cfg.compile),
+        optim=OptimConfig(lr=size.lr, warmup=size.warmup, schedule=schedule, cooldown_frac=cfg.cooldown_frac,
+                          cooldown_shape=cfg.cooldown_shape),
+        train=TrainConfig(tokens=tokens, tpp=None, batch_size=size.batch_size, seq_len=size.seq_len,
+                          eval_tokens=cfg.eval_tokens, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype, threads=1,
+                          compile=cfg.compile),
         name=None,
     )
 
