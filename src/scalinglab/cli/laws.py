@@ -86,7 +86,7 @@ def fit(
         open_store(db).put_result("fit", stored, {**result.to_dict(samples=True, derived=derived), "compute_convention": COMPUTE_CONVENTION})
     figures = []
     if plot is not None:
-        from scalinglab.laws.figures import save_figures
+        from scalinglab.report.laws import save_figures
 
         figures = save_figures(result, plot)
     if json_out:

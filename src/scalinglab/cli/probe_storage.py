@@ -45,7 +45,7 @@ def capacity(
 ) -> None:
     """Memorisation capacity in bits per parameter on uniformly random sequences (Morris et al. 2025)."""
     from scalinglab.probes.capacity import CapacityConfig, parse_models, run_capacity
-    from scalinglab.probes.figures_storage import capacity_figures
+    from scalinglab.report.storage import capacity_figures
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -115,7 +115,7 @@ def memorization(
 ) -> None:
     """Sample-specific memorisation vs generalisation at fixed N and growing D, and membership inference."""
     from scalinglab.corpus.prepare import CorpusConfig
-    from scalinglab.probes.figures_storage import memorization_figures
+    from scalinglab.report.storage import memorization_figures
     from scalinglab.probes.memorization import MemorizationConfig, run_memorization
 
     if workers < 1:

@@ -9,7 +9,7 @@
 Modules, each readable top to bottom: forms (the functional forms), objective (Huber on log
 residuals, L-BFGS polish), varpro (variable projection), fitting (`fit`), bootstrap (intervals),
 approaches (Hoffmann's Approaches 1 and 2), law / reference (published laws), planning, data
-(input checks), synthetic (data from a known law), figures.
+(input checks), synthetic (data from a known law). The figures are in `scalinglab.report.laws`.
 """
 
 from scalinglab.laws.approaches import approach1, approach2, approach2_bias
