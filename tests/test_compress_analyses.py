@@ -17,7 +17,7 @@ import zstandard
 from scalinglab.compress import vsdata
 from scalinglab.compress.baselines import COMPRESSORS, NAMES, baseline_sizes
 from scalinglab.compress.bench import BenchSettings, compress_bench
-from scalinglab.compress.figures import plot_compression_vs_data, plot_prequential
+from scalinglab.report.compress import plot_compression_vs_data, plot_prequential
 from scalinglab.compress.prequential import prequential_code_length
 from scalinglab.compress.vsdata import compression_vs_data
 from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scalinglab import laws
+from scalinglab.errors import UserError
 from scalinglab.laws.synthetic import grid_data
 from scalinglab.store import open_store
 
@@ -61,6 +62,28 @@ def test_a_saved_fit_plans_with_intervals(run_cli, csv, tmp_path):
     code, out, err = run_cli("plan", "--law", saved, "--flops", "1e21")
     assert code == 0, err
     assert "95% interval" in out and "tokens per parameter" in out
+
+
+def test_a_fit_saved_from_python_plans_from_the_cli(run_cli, csv, tmp_path):
+    data = laws.prepare(laws.read_table(csv), laws.get_form("chinchilla"), n_col="params", loss_col="val")
+    result = laws.fit(data, "chinchilla", bootstrap=50)
+    db = tmp_path / "notebook.db"
+    assert result.save(open_store(db), "mine") == "mine"
+    code, out, err = run_cli("plan", "--db", db, "--law", "store:mine", "--flops", "1e21")
+    assert code == 0, err
+    assert "law: fit mine" in out and "95% interval" in out and "tokens per parameter" in out
+    assert laws.load_law("store:mine", db=str(db)).samples is not None
+
+    # the record is the one `fit` stores and `fit --save` writes, so old stores and files still plan
+    stored = open_store(db).get_result("fit", "mine")
+    assert len(stored["samples"]["E"]) == 50 and stored["compute_convention"].startswith("C = 6·N·D")
+    assert any(q.startswith("a: N_opt") for q in stored["derived"])
+    saved = tmp_path / "fit.json"
+    code, _, err = run_cli("fit", csv, "--n-col", "params", "--loss-col", "val", "--bootstrap", "50", "--save", saved)
+    assert code == 0, err
+    assert set(json.loads(saved.read_text())) == set(stored)
+    with pytest.raises(UserError, match="non-empty key"):
+        result.save(db, " ")
 
 
 VOCAB_TERM = 64 * 256  # d_model · vocab: the output layer, counted in the store's FLOPs but not in N

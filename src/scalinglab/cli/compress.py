@@ -173,7 +173,7 @@ def compress_vs_data(
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
     """Compressed size of a held-out split at every training-data size D, for fixed N."""
-    from scalinglab.compress.figures import plot_compression_vs_data
+    from scalinglab.report.compress import plot_compression_vs_data
     from scalinglab.compress.vsdata import compression_vs_data
     from scalinglab.corpus.prepare import SPLITS
     from scalinglab.store import open_store
@@ -207,7 +207,7 @@ def prequential(
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
     """Prequential code length of a training run against gzip -9 and xz -9 of its data."""
-    from scalinglab.compress.figures import plot_prequential
+    from scalinglab.report.compress import plot_prequential
     from scalinglab.compress.prequential import prequential_code_length
     from scalinglab.store import open_store
 

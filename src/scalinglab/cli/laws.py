@@ -46,6 +46,7 @@ def fit(
     """Fit a scaling law with bootstrap intervals (Approach 3: Huber on log loss, variable projection)."""
     from scalinglab import laws
     from scalinglab.laws.forms import get_form
+    from scalinglab.laws.result import COMPUTE_CONVENTION
 
     law_form = get_form(form)
     flops = [parse_number(c, "--at-flops") for c in at_flops]
@@ -77,16 +78,13 @@ def fit(
     if approaches:
         out["approaches"] = approaches
     if save is not None:
-        _write_json(save, {**result.to_dict(samples=True, derived=derived), "compute_convention": COMPUTE_CONVENTION})
+        _write_json(save, result.record(derived))
     stored = None
     if source is None:
-        from scalinglab.store import open_store
-
-        stored = f"{law_form.name}:{group or 'all'}:{param_convention}{selection.key()}"
-        open_store(db).put_result("fit", stored, {**result.to_dict(samples=True, derived=derived), "compute_convention": COMPUTE_CONVENTION})
+        stored = result.save(db, f"{law_form.name}:{group or 'all'}:{param_convention}{selection.key()}", derived=derived)
     figures = []
     if plot is not None:
-        from scalinglab.laws.figures import save_figures
+        from scalinglab.report.laws import save_figures
 
         figures = save_figures(result, plot)
     if json_out:
@@ -115,6 +113,7 @@ def plan(
     """Plan an allocation with a published or fitted law: compute-, inference- or data-constrained-optimal."""
     from scalinglab import laws
     from scalinglab.laws.reference import load_law
+    from scalinglab.laws.result import COMPUTE_CONVENTION
 
     C = None if flops is None else parse_number(flops, "--flops")
     N = None if params is None else parse_number(params, "--params")
@@ -147,7 +146,6 @@ def plan(
 
 
 # -- printing --------------------------------------------------------------------------------
-COMPUTE_CONVENTION = "C = 6·N·D training FLOPs (+ 2·N per inference token)"
 COMPUTE_BASE = "compute: C = 6·N·D training FLOPs (Kaplan et al. 2020, Hoffmann et al. 2022), the convention the published laws were fitted with"
 STORED_FLOPS = ("scalinglab's stored run FLOPs also count the output layer and attention, "
                 "6(N + d_model·vocab) + 6·n_layer·seq_len·d_model per token (docs/laws.md)")

@@ -63,7 +63,7 @@ def grokking(
 ) -> None:
     """Grokking on modular arithmetic: epochs to memorise and to generalise, progress measures."""
 
-    from scalinglab.probes import figures_phase as figs
+    from scalinglab.report import phase as figs
     from scalinglab.config import build_config
     from scalinglab.probes.grokking import GrokConfig, compare_grokfast as compare, sweep_fractions, train_grokking
     from scalinglab.store import open_store
@@ -201,7 +201,7 @@ def repetition(
     from scalinglab.cli.app import parse_number
     from scalinglab.config import build_run_config
     from scalinglab.corpus import prepare_corpus
-    from scalinglab.probes import figures_phase as figs
+    from scalinglab.report import phase as figs
     from scalinglab.probes.repetition import RepetitionConfig, parse_epochs, parse_junk, run_repetition, summary_lines
     from scalinglab.store import open_store
     from scalinglab.train import Interrupted
@@ -272,7 +272,7 @@ def facts_rules(
     """Facts vs rules at fixed N and growing D: fact recall saturates, the rule keeps improving."""
     from rich.table import Table
 
-    from scalinglab.probes import figures_phase as figs
+    from scalinglab.report import phase as figs
     from scalinglab.config import build_config
     from scalinglab.probes.facts_rules import FactsRulesConfig, parse_items, run_facts_rules, summary_lines
     from scalinglab.store import open_store

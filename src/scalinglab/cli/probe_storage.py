@@ -1,4 +1,4 @@
-"""`scalinglab probe capacity` and `scalinglab probe memorization`: storage vs structure."""
+"""`scalinglab probe capacity` and `scalinglab probe memorisation`: storage vs structure."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def capacity(
     """Memorisation capacity in bits per parameter on uniformly random sequences (Morris et al. 2025)."""
     from scalinglab.config import build_config
     from scalinglab.probes.capacity import CapacityConfig, parse_models, run_capacity
-    from scalinglab.probes.figures_storage import capacity_figures
+    from scalinglab.report.storage import capacity_figures
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -96,7 +96,7 @@ def _print_capacity(result) -> None:  # noqa: ANN001
 
 
 @probe_app.command()
-def memorization(
+def memorisation(
     corpus: str = typer.Option("stdlib", help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
     tokenizer: str = typer.Option("byte", help="byte (default) or bpe."),
     size: Optional[str] = typer.Option("30k", help="Model preset (fixed N): 10k 30k 100k ..."),
@@ -113,32 +113,37 @@ def memorization(
     workers: int = typer.Option(2, help="Parallel worker processes (one torch thread each)."),
     device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
+    # the folder keeps the older spelling so that reruns find (and resume) the runs already there
     out: Path = typer.Option(Path("runs/probes/memorization"), help="Folder of the runs (resumable)."),
     figures: Optional[Path] = typer.Option(None, help="Folder for the figures (default: OUT/figures)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
     """Sample-specific memorisation vs generalisation at fixed N and growing D, and membership inference."""
     from scalinglab.corpus.prepare import CorpusConfig
-    from scalinglab.probes.figures_storage import memorization_figures
-    from scalinglab.probes.memorization import MemorizationConfig, run_memorization
+    from scalinglab.report.storage import memorisation_figures
+    from scalinglab.probes.memorisation import MemorisationConfig, run_memorisation
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     corpus_cfg = CorpusConfig(source=corpus, tokenizer=tokenizer)
     corpus_cfg.validate()
-    cfg = MemorizationConfig(corpus=corpus_cfg, size=None if params else size,
+    cfg = MemorisationConfig(corpus=corpus_cfg, size=None if params else size,
                              params=parse_number(params, "--params") if params else None,
                              tokens_per_param=_numbers(tpp, "--tpp"), budget_tpp=budget_tpp, seq_len=seq_len,
                              eval_windows=eval_windows, alpha=alpha, seed=seed, device=device)
     _check_db(db)
-    result = run_memorization(cfg, out, db, workers=workers, cache_dir=cache_dir, study=study, console=err_console)
-    paths = memorization_figures(result, figures or out / "figures")
-    _print_memorization(result)
+    result = run_memorisation(cfg, out, db, workers=workers, cache_dir=cache_dir, study=study, console=err_console)
+    paths = memorisation_figures(result, figures or out / "figures")
+    _print_memorisation(result)
     console.print(f"figures: {', '.join(str(p) for p in paths)}; summary stored in {db} "
                   f"(kind probe:memorization, key {cfg.key()})", highlight=False)
 
 
-def _print_memorization(result) -> None:  # noqa: ANN001
+# The older spelling of the command still runs, hidden from `scalinglab probe --help`.
+probe_app.command("memorization", hidden=True)(memorisation)
+
+
+def _print_memorisation(result) -> None:  # noqa: ANN001
     from rich.table import Table
 
     console.print(f"model: N = {result.N:,} non-embedding ({result.P:,} total) parameters; capacity α·P = "

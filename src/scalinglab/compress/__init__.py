@@ -7,7 +7,7 @@
 - `bench`: the model against them, file by file (`compress_bench`);
 - `vsdata`: the test split's code length at every D of a study (`compression_vs_data`);
 - `prequential`: the online code length of a training run (`prequential_code_length`);
-- `figures`: plots of the last two.
+- their plots are in `scalinglab.report.compress`.
 
 This module imports nothing heavy, so the CLI can read the defaults below cheaply.
 """

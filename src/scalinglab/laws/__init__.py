@@ -9,7 +9,7 @@
 Modules, each readable top to bottom: forms (the functional forms), objective (Huber on log
 residuals, L-BFGS polish), varpro (variable projection), fitting (`fit`), bootstrap (intervals),
 approaches (Hoffmann's Approaches 1 and 2), law / reference (published laws), planning, data
-(input checks), synthetic (data from a known law), figures.
+(input checks), synthetic (data from a known law). The figures are in `scalinglab.report.laws`.
 """
 
 from scalinglab.laws.approaches import approach1, approach2, approach2_bias
@@ -19,13 +19,13 @@ from scalinglab.laws.fitting import fit
 from scalinglab.laws.forms import FORMS, CustomForm, Form, get_form
 from scalinglab.laws.law import Estimate, Law, law_from_dict
 from scalinglab.laws.planning import Plan, assess_run, compute_optimal, data_constrained, inference_optimal
-from scalinglab.laws.reference import EPOCH_2024, HOFFMANN_2022, HOFFMANN_2022_ROUNDED, MUENNIGHOFF_2023, REFERENCE_LAWS, reference_law
+from scalinglab.laws.reference import EPOCH_2024, HOFFMANN_2022, HOFFMANN_2022_ROUNDED, MUENNIGHOFF_2023, REFERENCE_LAWS, load_law, reference_law
 from scalinglab.laws.result import FitResult
 
 __all__ = [
     "fit", "FitResult", "FitData", "prepare", "read_table", "store_frame", "Selection", "DEFAULT_KINDS", "run_bootstrap", "Bootstrap",
     "Form", "CustomForm", "FORMS", "get_form", "Law", "Estimate", "law_from_dict",
     "Plan", "compute_optimal", "inference_optimal", "assess_run", "data_constrained",
-    "HOFFMANN_2022", "HOFFMANN_2022_ROUNDED", "EPOCH_2024", "MUENNIGHOFF_2023", "REFERENCE_LAWS", "reference_law",
+    "HOFFMANN_2022", "HOFFMANN_2022_ROUNDED", "EPOCH_2024", "MUENNIGHOFF_2023", "REFERENCE_LAWS", "reference_law", "load_law",
     "approach1", "approach2", "approach2_bias",
 ]

@@ -7,15 +7,22 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
+from scalinglab.errors import UserError
 from scalinglab.laws.data import FitData
 from scalinglab.laws.forms import Form
 from scalinglab.laws.law import Estimate, Law
 from scalinglab.laws.objective import RobustLoss
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pandas as pd
 
     from scalinglab.laws.bootstrap import Bootstrap
+    from scalinglab.store import Store
+
+# Stored with every saved fit and printed by fit/plan: the compute convention of the derived quantities.
+COMPUTE_CONVENTION = "C = 6·N·D training FLOPs (+ 2·N per inference token)"
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,26 @@ class FitResult:
         if derived is not None:
             out["derived"] = {r.quantity: _clean({"estimate": r.estimate, "lo": r.lo, "hi": r.hi}) for r in derived.itertuples()}
         return out
+
+    def record(self, derived: "pd.DataFrame | None" = None) -> dict:
+        """What `save` stores and `scalinglab fit --save FILE` writes: the summary with the bootstrap
+        draws, the derived quantities (default: `self.derived()`) and the compute convention."""
+        if derived is None:
+            derived = self.derived()
+        return {**self.to_dict(samples=True, derived=derived), "compute_convention": COMPUTE_CONVENTION}
+
+    def save(self, store: "Store | str | Path", key: str, derived: "pd.DataFrame | None" = None) -> str:
+        """Store this fit in the results store (a `Store` or its path) as fit `key`, replacing one
+        with the same key; returns the key. `scalinglab plan --law store:KEY` plans with it, and so
+        does `laws.load_law("store:KEY", db=PATH)`."""
+        from scalinglab.store import Store, open_store
+
+        if not isinstance(key, str) or not key.strip():
+            raise UserError(f"a stored fit needs a non-empty key, got {key!r}; pass a name such as \"mine\"")
+        if not isinstance(store, Store):
+            store = open_store(store)
+        store.put_result("fit", key, self.record(derived))  # the kind laws.reference.load_law reads
+        return key
 
 
 def _clean(d: dict) -> dict:

@@ -124,7 +124,7 @@ def execute(study: PreparedStudy, on_tick=None) -> list[Task]:
 def analyse(study: PreparedStudy, bootstrap: int = 400, fit_from_tpp: float = FIT_FROM_TPP) -> StudyResult:
     """Collect the study's points from the store, fit L(D) per N over its points at and past
     `fit_from_tpp` tokens/param, write study.csv and figures."""
-    from scalinglab.study.figures import draw_all
+    from scalinglab.report.study import draw_all
 
     points = study_points(study.db, study.study_id)
     trunk = trunk_points(study.db, study.study_id)

@@ -60,6 +60,10 @@ from scalinglab.fsutil import atomic_write_json
 from scalinglab.model import count_params
 from scalinglab.probes.common import probe_kind, put_probe_result, run_parallel, sequence_bits
 
+# Stored names keep the older spelling: existing stores and run folders find their runs, results
+# and eval caches by the kinds and group below, the eval-cache file name and the CLI's default
+# --out folder, so renaming them would orphan those results (and retrain and rescore everything).
+# Run names keep it too, to match the runs already stored.
 PROBE = "memorization"
 REFERENCE_KIND = "probe:memorization-reference"
 LOG2 = math.log(2.0)
@@ -69,7 +73,7 @@ EVAL_VERSION = 4  # bump when the scores cached in run directories change meanin
 # --- configuration -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class MemorizationConfig:
+class MemorisationConfig:
     """A memorisation probe.
 
     corpus: which corpus (default: this Python's standard library, bytes).
@@ -172,7 +176,7 @@ def document_pieces(corpus: PreparedCorpus, doc_tokens: int) -> np.ndarray:
     return np.asarray(pieces, dtype=np.int64).reshape(-1, 2)
 
 
-def subset_pools(corpus: PreparedCorpus, cfg: MemorizationConfig) -> tuple[np.ndarray, np.ndarray]:
+def subset_pools(corpus: PreparedCorpus, cfg: MemorisationConfig) -> tuple[np.ndarray, np.ndarray]:
     """(member pool, reference pool): the shuffled pieces dealt alternately."""
     pieces = document_pieces(corpus, cfg.doc_tokens)
     order = np.random.default_rng([cfg.seed, 7]).permutation(len(pieces))
@@ -199,7 +203,7 @@ def take_tokens(pool: np.ndarray, tokens: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TrainJob:
-    cfg: MemorizationConfig
+    cfg: MemorisationConfig
     role: str  # model | reference
     ratio: float  # D/N
     out_root: Path
@@ -211,13 +215,13 @@ class TrainJob:
         return f"{self.role} D/N={self.ratio:g}"
 
 
-def _setup(cfg: MemorizationConfig, cache_dir: Path | None) -> tuple[PreparedCorpus, int]:
+def _setup(cfg: MemorisationConfig, cache_dir: Path | None) -> tuple[PreparedCorpus, int]:
     corpus = prepare_corpus(cfg.corpus, cache_dir)
     model = resolve_model(cfg.model_spec(), corpus.vocab_size)
     return corpus, count_params(model).non_embedding
 
 
-def subset_for(cfg: MemorizationConfig, corpus: PreparedCorpus, n_params: int, role: str, ratio: float) -> SubsetCorpus:
+def subset_for(cfg: MemorisationConfig, corpus: PreparedCorpus, n_params: int, role: str, ratio: float) -> SubsetCorpus:
     """The training subset of the model ("model") or its reference ("reference") at D/N = ratio."""
     d_tokens = int(round(ratio * n_params))
     members, references = subset_pools(corpus, cfg)
@@ -263,7 +267,7 @@ def run_train_job(job: TrainJob) -> dict:
 
 @dataclass(frozen=True)
 class EvalJob:
-    cfg: MemorizationConfig
+    cfg: MemorisationConfig
     ratio: float
     model_dir: Path
     reference_dir: Path
@@ -401,11 +405,11 @@ def storage_limits(models: list[tuple[str, int, int]], alpha: float, bits_per_to
 # --- the probe -------------------------------------------------------------------------------------
 
 @dataclass
-class MemorizationResult:
+class MemorisationResult:
     """rows: one per D (the measurements above). study: the study's runs, if asked. limits:
     the storage limit for each N considered. alpha / alpha_source: the capacity used."""
 
-    config: MemorizationConfig
+    config: MemorisationConfig
     rows: "pd.DataFrame"  # noqa: F821
     study: "pd.DataFrame | None"  # noqa: F821
     limits: list[StorageLimit]
@@ -438,7 +442,7 @@ class MemorizationResult:
         }
 
 
-def resolve_alpha(store, cfg: MemorizationConfig) -> tuple[float, str]:  # noqa: ANN001
+def resolve_alpha(store, cfg: MemorisationConfig) -> tuple[float, str]:  # noqa: ANN001
     """α from the latest capacity result in the store, else the config's, else the anchor."""
     from scalinglab.probes.capacity import ANCHOR_BITS_PER_PARAM, latest_alpha
 
@@ -450,8 +454,8 @@ def resolve_alpha(store, cfg: MemorizationConfig) -> tuple[float, str]:  # noqa:
     return ANCHOR_BITS_PER_PARAM, "anchor (Morris et al. 2025, 3.6 bits/param); run `scalinglab probe capacity` to measure"
 
 
-def run_memorization(cfg: MemorizationConfig, out_dir: Path | str, db: Path | str, *, workers: int = 2,
-                     cache_dir: Path | None = None, study: str | None = None, console=None) -> MemorizationResult:  # noqa: ANN001
+def run_memorisation(cfg: MemorisationConfig, out_dir: Path | str, db: Path | str, *, workers: int = 2,
+                     cache_dir: Path | None = None, study: str | None = None, console=None) -> MemorisationResult:  # noqa: ANN001
     """Train (or resume) every model and reference, score them, and store the summary."""
     import pandas as pd
 
@@ -470,12 +474,12 @@ def run_memorization(cfg: MemorizationConfig, out_dir: Path | str, db: Path | st
 
     ratios = sorted(set(cfg.tokens_per_param))
     train_jobs = [TrainJob(cfg, role, r, runs_dir, db, cache_dir) for r in ratios for role in ("model", "reference")]
-    trained = run_parallel(run_train_job, train_jobs, workers=workers, label="memorization: train",
+    trained = run_parallel(run_train_job, train_jobs, workers=workers, label="memorisation: train",
                            describe=lambda j: j.label, console=console)
     by_key = {(t["role"], t["ratio"]): t for t in trained}
     eval_jobs = [EvalJob(cfg, r, Path(by_key[("model", r)]["out_dir"]), Path(by_key[("reference", r)]["out_dir"]),
                          cache_dir) for r in ratios]
-    rows = pd.DataFrame(run_parallel(run_eval_job, eval_jobs, workers=workers, label="memorization: score",
+    rows = pd.DataFrame(run_parallel(run_eval_job, eval_jobs, workers=workers, label="memorisation: score",
                                      describe=lambda j: f"D/N={j.ratio:g}", console=console))
 
     alpha, source = resolve_alpha(store, cfg)
@@ -493,7 +497,7 @@ def run_memorization(cfg: MemorizationConfig, out_dir: Path | str, db: Path | st
             mc = resolve_model(ModelSpec(size=name), corpus.vocab_size)
             counts = count_params(mc)
             sizes.append((f"preset {name}", counts.non_embedding, counts.total))
-    result = MemorizationResult(config=cfg, rows=rows, study=study_rows,
+    result = MemorisationResult(config=cfg, rows=rows, study=study_rows,
                                 limits=storage_limits(sizes, alpha, bpt), alpha=alpha, alpha_source=source,
                                 bits_per_token=bpt, capacity_bits=capacity, P=p_total, N=n_params)
     put_probe_result(store, PROBE, cfg.key(), result.summary())
@@ -502,7 +506,7 @@ def run_memorization(cfg: MemorizationConfig, out_dir: Path | str, db: Path | st
 
 # --- the study's runs ------------------------------------------------------------------------------
 
-def measure_study(store, db: Path, study: str, cfg: MemorizationConfig, cache_dir: Path | None = None) -> "pd.DataFrame":  # noqa: ANN001,F821
+def measure_study(store, db: Path, study: str, cfg: MemorisationConfig, cache_dir: Path | None = None) -> "pd.DataFrame":  # noqa: ANN001,F821
     """Cheap estimate and loss-based AUC for each finished cooldown branch of a study (each on
     the corpus it was trained on)."""
     import pandas as pd

@@ -86,7 +86,7 @@ def capacity_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
     return paths
 
 
-def memorization_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
+def memorisation_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
     """memorised (both estimates) and generalised bits vs D/N against α·P; membership AUC vs D/N."""
     plt = _plt()
     out_dir = Path(out_dir)
@@ -110,7 +110,7 @@ def memorization_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: AN
     ax.set_ylabel("bits")
     ax.set_title(f"N = {result.N:,}: memorised vs generalised bits", fontsize=10)
     ax.legend(fontsize=7)
-    paths.append(_save(fig, out_dir / "memorization_bits_vs_dn.png"))
+    paths.append(_save(fig, out_dir / "memorisation_bits_vs_dn.png"))
 
     fig, ax = plt.subplots(figsize=(5.6, 4.2))
     ax.plot(x, rows["auc_loss"], "o-", color="C3", label="loss-based")
@@ -124,5 +124,5 @@ def memorization_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: AN
     ax.set_xlabel("D/N")
     ax.set_ylabel("membership-inference AUC")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "memorization_auc_vs_dn.png"))
+    paths.append(_save(fig, out_dir / "memorisation_auc_vs_dn.png"))
     return paths

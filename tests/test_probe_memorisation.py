@@ -11,10 +11,10 @@ import pytest
 from conftest import make_text
 from scalinglab.corpus.prepare import CorpusConfig, prepare_corpus
 from scalinglab.errors import UserError
-from scalinglab.probes.memorization import (
-    MemorizationConfig,
+from scalinglab.probes.memorisation import (
+    MemorisationConfig,
     auc,
-    run_memorization,
+    run_memorisation,
     storage_limits,
     subset_pools,
     take_tokens,
@@ -32,17 +32,17 @@ def docs_corpus(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_config(corpus: Path, **changes) -> MemorizationConfig:
+def tiny_config(corpus: Path, **changes) -> MemorisationConfig:
     base = dict(corpus=CorpusConfig(source=str(corpus)), size=None, params=2000, tokens_per_param=(1.0, 32.0),
                 seq_len=32, batch_size=16, lr=1e-2, doc_tokens=256, eval_windows=128)
-    return MemorizationConfig(**{**base, **changes})
+    return MemorisationConfig(**{**base, **changes})
 
 
 @pytest.fixture(scope="module")
 def probe_run(docs_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("memo-run")
     cfg = tiny_config(docs_corpus)
-    result = run_memorization(cfg, out / "out", out / "probe.db", workers=1)
+    result = run_memorisation(cfg, out / "out", out / "probe.db", workers=1)
     return cfg, result, out
 
 
@@ -93,7 +93,7 @@ def test_a_rerun_does_not_retrain_or_rescore(probe_run):
     runs = sorted((out / "out" / "runs").glob("*/last.pt"))
     assert len(runs) == 4  # a model and a reference per D
     stamps = [p.stat().st_mtime_ns for p in runs]
-    second = run_memorization(cfg, out / "out", out / "probe.db", workers=1)
+    second = run_memorisation(cfg, out / "out", out / "probe.db", workers=1)
     assert [p.stat().st_mtime_ns for p in runs] == stamps
     assert second.rows["memorised_bits"].to_list() == first.rows["memorised_bits"].to_list()
 
@@ -120,7 +120,7 @@ def test_storage_limit_is_capacity_over_data_bits():
     (["--alpha", "-1"], "alpha"),
 ])
 def test_cli_bad_input_exits_2(run_cli, tmp_path, docs_corpus, args, message):
-    base = ["probe", "memorization", "--corpus", docs_corpus, "--params", "2000", "--db", tmp_path / "x.db",
+    base = ["probe", "memorisation", "--corpus", docs_corpus, "--params", "2000", "--db", tmp_path / "x.db",
             "--out", tmp_path / "out"]
     code, _, err = run_cli(*base, *args)
     assert code == 2, err
@@ -128,9 +128,23 @@ def test_cli_bad_input_exits_2(run_cli, tmp_path, docs_corpus, args, message):
     assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").iterdir())
 
 
+def test_the_older_command_name_still_runs_but_is_hidden(run_cli, tmp_path, docs_corpus):
+    code, listing, err = run_cli("probe", "--help")
+    assert code == 0, err
+    assert "memorisation" in listing and "memorization" not in listing
+    for name in ("memorisation", "memorization"):
+        code, out, err = run_cli("probe", name, "--help")
+        assert code == 0, err
+        assert "membership inference" in out and "--tpp" in out
+    # the alias is the same command: same checks, same one-line error
+    code, _, err = run_cli("probe", "memorization", "--corpus", docs_corpus, "--params", "2000", "--tpp", "0,4",
+                           "--db", tmp_path / "x.db", "--out", tmp_path / "out")
+    assert code == 2 and "positive" in err, err
+
+
 def test_the_study_runs_are_measured_when_asked(docs_corpus, tmp_path):
     from scalinglab.config import ModelSpec, RunConfig, TrainConfig
-    from scalinglab.probes.memorization import measure_study
+    from scalinglab.probes.memorisation import measure_study
     from scalinglab.train import plan_run, train_run
 
     corpus_cfg = CorpusConfig(source=str(docs_corpus))
