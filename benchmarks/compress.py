@@ -96,7 +96,7 @@ def test_files(workdir: Path, max_bytes: int) -> list[Path]:
 
 
 class Progress(BenchProgress):
-    def phase(self, label: str, total: int):  # noqa: ANN201
+    def phase(self, label: str, total: int):
         print(f"  {label} ({total:,} tokens)...", flush=True)
         return lambda n: None
 
@@ -161,7 +161,7 @@ def main() -> None:
     atomic_write_json(args.workdir / "summary.json", summary, indent=2)
 
 
-def gpu_line(comp, path: Path) -> str:  # noqa: ANN001
+def gpu_line(comp, path: Path) -> str:
     """MB/s each way on a CUDA GPU when there is one (float32, TF32 off, deterministic)."""
     from scalinglab.device import cuda_present
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from scalinglab.corpus import CorpusConfig, prepare_corpus
 from scalinglab.store import open_store
 from scalinglab.study.grid import Grid, Milestone, StudyConfig, parse_budget, size_plan
-from scalinglab.study.runner import StudyRuns, Task, run_config, build_tasks, run_tasks
+from scalinglab.study.runner import StudyRuns, Task, build_tasks, run_config, run_tasks
 from scalinglab.train.loop import RunPlan
 from scalinglab.train.schedules import Schedule
 

@@ -29,7 +29,7 @@ def _corpus_config(corpus: Path):
                                        checkpoint_every=0.0))
 
 
-def run(kind: str, out_dir: Path, work: Path, corpus: Path, **options):  # noqa: ANN201
+def run(kind: str, out_dir: Path, work: Path, corpus: Path, **options):
     """Train (or resume) one run of `kind` in `out_dir`; returns the engine's result object."""
     from scalinglab.corpus import prepare_corpus
     from scalinglab.store import open_store
@@ -75,7 +75,7 @@ def prepare(kind: str, work: Path, corpus: Path) -> None:
         _trunk(corpus, work)
 
 
-def _trunk(corpus: Path, work: Path):  # noqa: ANN202
+def _trunk(corpus: Path, work: Path):
     from scalinglab.corpus import prepare_corpus
     from scalinglab.store import open_store
     from scalinglab.train import plan_run, train_run

@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from scalinglab.compress import coder, lm
-from scalinglab.compress.archive import compress_bytes, compress_file, decompress_bytes, decompress_file, load_compressor
+from scalinglab.compress.archive import (
+    compress_bytes,
+    compress_file,
+    decompress_bytes,
+    decompress_file,
+    load_compressor,
+)
 from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus import CorpusConfig, prepare_corpus
 from scalinglab.errors import UserError

@@ -17,12 +17,12 @@ import zstandard
 from scalinglab.compress import vsdata
 from scalinglab.compress.baselines import COMPRESSORS, NAMES, baseline_sizes
 from scalinglab.compress.bench import BenchSettings, compress_bench
-from scalinglab.report.compress import plot_compression_vs_data, plot_prequential
 from scalinglab.compress.prequential import prequential_code_length
 from scalinglab.compress.vsdata import compression_vs_data
 from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus import CorpusConfig, prepare_corpus, split_bytes
 from scalinglab.errors import UserError
+from scalinglab.report.compress import plot_compression_vs_data, plot_prequential
 from scalinglab.store import open_store
 from scalinglab.train import plan_run, read_loss_log, train_run
 from scalinglab.train.data import BatchSampler
@@ -145,7 +145,7 @@ def test_compression_vs_data_with_the_real_archive_from_run_directories(study):
 
 
 def _tiny_run(source: Path, out: Path, store, *, tokens: int = 2048, kind: str = "train",
-              schedule: str = "wsd"):  # noqa: ANN001
+              schedule: str = "wsd"):
     cfg = RunConfig(corpus=CorpusConfig(source=str(source)), model=ModelSpec(size=None, n_layer=1, d_model=16, n_head=1),
                     optim=OptimConfig(lr=3e-3, schedule=schedule, warmup=1),
                     train=TrainConfig(tokens=tokens, batch_size=4, seq_len=64, eval_points=1, eval_tokens=512))

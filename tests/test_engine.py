@@ -77,7 +77,7 @@ def test_a_nan_marks_the_run_diverged_and_a_rerun_refuses_it(kind, text_corpus, 
     real_update = engine.apply_update
     calls = []
 
-    def exploding_update(model, optimizer, loss, grad_clip, after_backward=None):  # noqa: ANN001
+    def exploding_update(model, optimizer, loss, grad_clip, after_backward=None):
         real_update(model, optimizer, loss, grad_clip, after_backward)
         calls.append(1)
         if len(calls) == 5:  # what an exploding update leaves behind: weights full of NaN
@@ -109,3 +109,18 @@ def test_a_finished_run_is_not_trained_again(kind, text_corpus, tmp_path):
     assert (out / "last.pt").stat().st_mtime_ns == stamp
     assert again.run_id == first.run_id and read_marker(out, "DONE")["step"] > 0
     assert open_store(tmp_path / "store.db").get_run(first.run_id)["status"] == "done"
+
+
+def test_the_readme_example_task_trains_resumes_and_returns_when_done(tmp_path, monkeypatch):
+    # the README's Layout section shows how a new kind of run plugs into the engine: run it as written
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("import torch\nfrom scalinglab.config import OptimConfig")
+    code = readme[start:readme.index("```", start)]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    outcome = namespace["outcome"]
+    assert outcome.status == "done" and outcome.steps == 300 and abs(outcome.points[-1]["weight"] - 3.0) < 0.01
+    stamp = (tmp_path / "runs" / "line" / "last.pt").stat().st_mtime_ns
+    again = engine.train(namespace["Line"](), namespace["spec"], tmp_path / "runs" / "line")
+    assert again.points == outcome.points and (tmp_path / "runs" / "line" / "last.pt").stat().st_mtime_ns == stamp

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from scalinglab.errors import UserError
+from scalinglab.model import count_params
 from scalinglab.probes.capacity import (
     CapacityConfig,
     capacity_jobs,
@@ -17,7 +18,6 @@ from scalinglab.probes.capacity import (
     parse_models,
     run_capacity,
 )
-from scalinglab.model import count_params
 from scalinglab.store import open_store
 
 # Tiny random data: V = 16, S = 9, so a sequence carries 8 x 4 = 32 bits.

@@ -24,11 +24,14 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scalinglab.corpus.prepare import CorpusConfig
 from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, default_heads, preset, shape_for_params
+
+if TYPE_CHECKING:
+    from scalinglab.train.schedules import Schedule
 
 SCHEDULES = ("constant", "cosine", "wsd")
 DECAY_CHOICES = ("matrices", "all")
@@ -109,7 +112,7 @@ class OptimConfig:
         if not (self.grad_clip >= 0 and math.isfinite(self.grad_clip)):
             raise UserError(f"optim.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
 
-    def schedule_for(self, total_steps: int, warmup: int | None = None) -> "Schedule":  # noqa: F821
+    def schedule_for(self, total_steps: int, warmup: int | None = None) -> Schedule:
         """The schedule of a run of `total_steps` updates (`warmup`: the resolved warmup when
         this config leaves it to a rule)."""
         from scalinglab.train.schedules import Schedule  # the train package imports this module
@@ -235,6 +238,9 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if value is None and type(None) in allowed:
         return None
     for option in allowed:
+        if typing.get_origin(option) is list and isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(option)
+            return [_coerce(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
         if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
             args = typing.get_args(option)
             if len(args) == 2 and args[1] is Ellipsis:

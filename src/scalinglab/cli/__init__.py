@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import sys
 
-from scalinglab.cli.app import app, err_console
-from scalinglab.errors import UserError
+from scalinglab.cli import compress as _compress  # noqa: F401
 
 # Importing a module registers its subcommands.
-from scalinglab.cli import corpus as _corpus  # noqa: F401,E402
-from scalinglab.cli import train as _train  # noqa: F401,E402
-from scalinglab.cli import study as _study  # noqa: F401,E402
-from scalinglab.cli import laws as _laws  # noqa: F401,E402
-from scalinglab.cli import probe as _probe  # noqa: F401,E402
-from scalinglab.cli import probe_storage as _probe_storage  # noqa: F401,E402
-from scalinglab.cli import compress as _compress  # noqa: F401,E402
-from scalinglab.cli import probe_phase as _probe_phase  # noqa: F401,E402
+from scalinglab.cli import corpus as _corpus  # noqa: F401
+from scalinglab.cli import laws as _laws  # noqa: F401
+from scalinglab.cli import probe as _probe  # noqa: F401
+from scalinglab.cli import probe_phase as _probe_phase  # noqa: F401
+from scalinglab.cli import probe_storage as _probe_storage  # noqa: F401
+from scalinglab.cli import study as _study  # noqa: F401
+from scalinglab.cli import train as _train  # noqa: F401
+from scalinglab.cli.app import app, err_console
+from scalinglab.errors import UserError
 
 
 def main() -> None:

@@ -24,7 +24,14 @@ QuietOption = typer.Option(False, "--quiet", help="No progress bar.")
 @contextmanager
 def _token_bar(enabled: bool) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """A rich progress display; yields `phase(label, total) -> advance(n)`."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if not enabled:
         yield lambda label, total: (lambda n: None)
@@ -140,7 +147,7 @@ def compress_bench(
     console.print(f"recorded {len(frame)} result(s) in {db}", highlight=False)
 
 
-def bench_table(frame):  # noqa: ANN001, ANN201 - pandas DataFrame -> rich Table
+def bench_table(frame):
     from rich.table import Table
 
     table = Table("file", "bytes", "ideal", "actual", "overhead", "round trip", "enc B/s", "dec B/s",
@@ -173,9 +180,9 @@ def compress_vs_data(
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
     """Compressed size of a held-out split at every training-data size D, for fixed N."""
-    from scalinglab.report.compress import plot_compression_vs_data
     from scalinglab.compress.vsdata import compression_vs_data
     from scalinglab.corpus.prepare import SPLITS
+    from scalinglab.report.compress import plot_compression_vs_data
     from scalinglab.store import open_store
 
     if split not in SPLITS:
@@ -207,8 +214,8 @@ def prequential(
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
     """Prequential code length of a training run against gzip -9 and xz -9 of its data."""
-    from scalinglab.report.compress import plot_prequential
     from scalinglab.compress.prequential import prequential_code_length
+    from scalinglab.report.compress import plot_prequential
     from scalinglab.store import open_store
 
     result = prequential_code_length(run, store=open_store(db), cache_dir=cache_dir)

@@ -29,7 +29,7 @@ def _record_figure(db: Path, run_id: str | None, path: Path) -> None:
     open_store(db).add_artifact(run_id, "figure", path, file_sha256(path))
 
 
-def _fmt_epoch(value) -> str:  # noqa: ANN001
+def _fmt_epoch(value) -> str:
     return "-" if value is None or value != value else f"{int(value):,}"
 
 
@@ -63,9 +63,10 @@ def grokking(
 ) -> None:
     """Grokking on modular arithmetic: epochs to memorise and to generalise, progress measures."""
 
-    from scalinglab.report import phase as figs
     from scalinglab.config import build_config
-    from scalinglab.probes.grokking import GrokConfig, compare_grokfast as compare, sweep_fractions, train_grokking
+    from scalinglab.probes.grokking import GrokConfig, sweep_fractions, train_grokking
+    from scalinglab.probes.grokking import compare_grokfast as compare
+    from scalinglab.report import phase as figs
     from scalinglab.store import open_store
     from scalinglab.train import Diverged, Interrupted
 
@@ -137,7 +138,7 @@ def grokking(
     console.print(f"run {run.run_id} in {run.out_dir}; figure {path}; results in {db}")
 
 
-def _train_one(cfg, out_dir: Path, db: Path, quiet: bool, train):  # noqa: ANN001
+def _train_one(cfg, out_dir: Path, db: Path, quiet: bool, train):
     """One run with a progress bar over epochs showing train/test accuracy."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -156,7 +157,7 @@ def _train_one(cfg, out_dir: Path, db: Path, quiet: bool, train):  # noqa: ANN00
         return train(cfg, out_dir, db=db, progress=update)
 
 
-def _print_runs(runs) -> None:  # noqa: ANN001
+def _print_runs(runs) -> None:
     from rich.table import Table
 
     tasks = {f"{r.config.model} a{r.config.op}b mod {r.config.p}" for r in runs}
@@ -201,8 +202,8 @@ def repetition(
     from scalinglab.cli.app import parse_number
     from scalinglab.config import build_run_config
     from scalinglab.corpus import prepare_corpus
-    from scalinglab.report import phase as figs
     from scalinglab.probes.repetition import RepetitionConfig, parse_epochs, parse_junk, run_repetition, summary_lines
+    from scalinglab.report import phase as figs
     from scalinglab.store import open_store
     from scalinglab.train import Interrupted
 
@@ -235,7 +236,7 @@ def repetition(
     console.print(f"figure {path}; results in {db} (probe:repetition {result.key})")
 
 
-def _print_repetition(result) -> None:  # noqa: ANN001
+def _print_repetition(result) -> None:
     from rich.table import Table
 
     from scalinglab.fmt import human as si
@@ -272,9 +273,9 @@ def facts_rules(
     """Facts vs rules at fixed N and growing D: fact recall saturates, the rule keeps improving."""
     from rich.table import Table
 
-    from scalinglab.report import phase as figs
     from scalinglab.config import build_config
     from scalinglab.probes.facts_rules import FactsRulesConfig, parse_items, run_facts_rules, summary_lines
+    from scalinglab.report import phase as figs
     from scalinglab.store import open_store
     from scalinglab.train import Interrupted
 

@@ -64,7 +64,7 @@ def capacity(
                   f"(kind probe:capacity, key {cfg.key()})", highlight=False)
 
 
-def _print_capacity(result) -> None:  # noqa: ANN001
+def _print_capacity(result) -> None:
     from rich.table import Table
 
     table = Table("model", "P", "capacity bits", "bits/P", "at H/P", "gain, last 2x steps", "2x to 3.6",
@@ -97,21 +97,23 @@ def _print_capacity(result) -> None:  # noqa: ANN001
 
 @probe_app.command()
 def memorisation(
-    corpus: str = typer.Option("stdlib", help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
-    tokenizer: str = typer.Option("byte", help="byte (default) or bpe."),
-    size: Optional[str] = typer.Option("30k", help="Model preset (fixed N): 10k 30k 100k ..."),
+    corpus: Optional[str] = typer.Option(None, help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
+    tokenizer: Optional[str] = typer.Option(None, help="byte (default) or bpe."),
+    size: Optional[str] = typer.Option(None, help="Model preset (fixed N; default 30k): 10k 30k 100k ..."),
     params: Optional[str] = typer.Option(None, help="Or any non-embedding parameter count, e.g. 5e4."),
-    tpp: str = typer.Option("1,4,16,64,200", help="Unique training tokens per parameter D/N, comma-separated."),
+    tpp: Optional[str] = typer.Option(None, help="Unique training tokens per parameter D/N, comma-separated (default 1,4,16,64,200)."),
     budget_tpp: Optional[float] = typer.Option(None, help="Training tokens per parameter of every run "
                                                "(default: the largest D/N: its data is seen once)."),
-    seq_len: int = typer.Option(128, help="Tokens per training window."),
-    eval_windows: int = typer.Option(1024, help="Training and val windows scored per D."),
+    seq_len: Optional[int] = typer.Option(None, help="Tokens per training window (default 128)."),
+    eval_windows: Optional[int] = typer.Option(None, help="Training and val windows scored per D (default 1024)."),
     alpha: Optional[float] = typer.Option(None, help="Bits/parameter to use (default: the latest capacity "
                                           "probe in the store, else the 3.6 anchor)."),
     study: Optional[str] = typer.Option(None, help="Also measure this study's cooldown branches (group name)."),
-    seed: int = typer.Option(0, help="Seed of the subsets, initialisation and data order."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the subsets, initialisation and data order (default 0)."),
     workers: int = typer.Option(2, help="Parallel worker processes (one torch thread each)."),
-    device: str = typer.Option("cpu", help="cpu | cuda | cuda:N."),
+    device: Optional[str] = typer.Option(None, help="cpu (default) | cuda | cuda:N."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     # the folder keeps the older spelling so that reruns find (and resume) the runs already there
     out: Path = typer.Option(Path("runs/probes/memorization"), help="Folder of the runs (resumable)."),
@@ -119,18 +121,21 @@ def memorisation(
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
     """Sample-specific memorisation vs generalisation at fixed N and growing D, and membership inference."""
-    from scalinglab.corpus.prepare import CorpusConfig
-    from scalinglab.report.storage import memorisation_figures
+    import dataclasses
+
+    from scalinglab.config import build_config
     from scalinglab.probes.memorisation import MemorisationConfig, run_memorisation
+    from scalinglab.report.storage import memorisation_figures
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    corpus_cfg = CorpusConfig(source=corpus, tokenizer=tokenizer)
-    corpus_cfg.validate()
-    cfg = MemorisationConfig(corpus=corpus_cfg, size=None if params else size,
-                             params=parse_number(params, "--params") if params else None,
-                             tokens_per_param=_numbers(tpp, "--tpp"), budget_tpp=budget_tpp, seq_len=seq_len,
-                             eval_windows=eval_windows, alpha=alpha, seed=seed, device=device)
+    cfg = build_config(MemorisationConfig, config, set_, corpus__source=corpus, corpus__tokenizer=tokenizer,
+                       size=size, params=parse_number(params, "--params") if params else None,
+                       tokens_per_param=_numbers(tpp, "--tpp") if tpp else None, budget_tpp=budget_tpp,
+                       seq_len=seq_len, eval_windows=eval_windows, alpha=alpha, seed=seed, device=device)
+    if params and not size:  # a parameter count given replaces the default preset
+        cfg = dataclasses.replace(cfg, size=None)
+    cfg.corpus.validate()
     _check_db(db)
     result = run_memorisation(cfg, out, db, workers=workers, cache_dir=cache_dir, study=study, console=err_console)
     paths = memorisation_figures(result, figures or out / "figures")
@@ -143,7 +148,7 @@ def memorisation(
 probe_app.command("memorization", hidden=True)(memorisation)
 
 
-def _print_memorisation(result) -> None:  # noqa: ANN001
+def _print_memorisation(result) -> None:
     from rich.table import Table
 
     console.print(f"model: N = {result.N:,} non-embedding ({result.P:,} total) parameters; capacity α·P = "

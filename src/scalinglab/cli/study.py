@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import DEFAULT_DB, app, console, err_console
+from scalinglab.cli.app import CONFIG_HELP, DEFAULT_DB, SET_HELP, app, console, err_console
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
 
 
-def print_grid(study) -> None:  # noqa: ANN001 - PreparedStudy
+def print_grid(study) -> None:
     from rich.table import Table
 
     grid = study.grid
@@ -42,7 +42,7 @@ def print_grid(study) -> None:  # noqa: ANN001 - PreparedStudy
 class StudyProgress:
     """One bar over all training steps of the study, and the runs in flight."""
 
-    def __init__(self, tasks) -> None:  # noqa: ANN001
+    def __init__(self, tasks) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         from scalinglab.study.runner import steps_done
@@ -59,10 +59,10 @@ class StudyProgress:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc) -> None:
         self.progress.stop()
 
-    def tick(self, tasks) -> None:  # noqa: ANN001
+    def tick(self, tasks) -> None:
         done = sum(self._steps_done(t) for t in tasks)
         running = [t for t in tasks if t.status == "running"]
         finished = sum(t.status == "done" for t in tasks)
@@ -100,29 +100,31 @@ def study(
     no_repeat: bool = typer.Option(False, "--no-repeat", help="Stop if the largest D would repeat data."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned grid and stop."),
     fit_from: float = typer.Option(20.0, "--fit-from", help="Fit L(D) per N over the points at and past this many tokens/param."),
+    config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP + " Applied over the preset."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     out: Path = typer.Option(Path("study"), "--out", help="Where study folders go."),
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
     """Train models of fixed size N on ever more data D (far past 20 tokens/param), one WSD trunk
     per N with a cooldown branch per D, and fit how fast the loss keeps falling."""
-    from scalinglab.corpus import CorpusConfig
+    from scalinglab.config import build_config
     from scalinglab.device import default_workers
-    from scalinglab.study import analyse, execute, prepare_study, study_preset
+    from scalinglab.study import StudyConfig, analyse, execute, prepare_study, study_preset
 
-    overrides = dict(
+    cfg = build_config(
+        StudyConfig, config, set_, base=study_preset(preset),
         sizes=[s.strip() for s in sizes.split(",") if s.strip()] if sizes else None,
         budget=None if budget is None else ("" if budget.lower() == "none" else budget),
         max_doublings=max_doublings, cooldown_frac=cooldown_frac, cooldown_shape=cooldown_shape,
         workers=workers, seq_len=seq_len, seed=seed, device=device, name=name, no_repeat=no_repeat or None,
+        corpus__source=corpus, corpus__field=field, corpus__glob=glob, corpus__tokenizer=tokenizer,
+        corpus__vocab_size=vocab_size,
     )
-    cfg = study_preset(preset, **overrides)
     if cfg.budget == "":
         cfg.budget = None
-    if workers is None and cfg.device == "cpu":
+    if workers is None and cfg.device == "cpu" and "workers" not in _given(config, set_):
         cfg.workers = default_workers()
-    cfg.corpus = CorpusConfig(**{**cfg.corpus.__dict__, **{k: v for k, v in dict(
-        source=corpus, field=field, glob=glob, tokenizer=tokenizer, vocab_size=vocab_size).items() if v is not None}})
 
     if not (fit_from >= 0 and fit_from == fit_from and fit_from != float("inf")):
         raise UserError(f"--fit-from must be a number of tokens/param >= 0, got {fit_from}")
@@ -149,7 +151,14 @@ def study(
         raise typer.Exit(1)
 
 
-def print_results(result) -> None:  # noqa: ANN001 - StudyResult
+def _given(config: Path | None, sets: list[str]) -> set[str]:
+    """The top-level fields a config file or --set gave (they win over a command's own rules)."""
+    from scalinglab.config import apply_sets, read_toml
+
+    return set(apply_sets(read_toml(config), sets))
+
+
+def print_results(result) -> None:
     from rich.table import Table
 
     table = Table("N", "D", "tokens/param", "val loss", "val bpb", "train-val gap", "epochs")

@@ -45,13 +45,12 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train one model and record every evaluation in the results store."""
+    from scalinglab.config import build_run_config
     from scalinglab.corpus import prepare_corpus
     from scalinglab.model import count_params
     from scalinglab.progress import RichReporter
     from scalinglab.store import open_store
     from scalinglab.train import Diverged, Interrupted, plan_run, train_run
-
-    from scalinglab.config import build_run_config
 
     cfg = build_run_config(
         config, set_,
@@ -123,7 +122,7 @@ def runs(db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store."),
     console.print(table)
 
 
-def _num(value) -> str:  # noqa: ANN001
+def _num(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 

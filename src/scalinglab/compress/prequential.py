@@ -69,7 +69,7 @@ class PrequentialResult:
         return {**asdict(self), "bits_per_byte": self.bits_per_byte, "gzip_bpb": self.gzip_bpb, "xz_bpb": self.xz_bpb}
 
 
-def _loss_segments(info: RunInfo, store) -> tuple[list[tuple[int, np.ndarray]], bool]:  # noqa: ANN001
+def _loss_segments(info: RunInfo, store) -> tuple[list[tuple[int, np.ndarray]], bool]:
     """(first step, losses) pieces covering the run from step 0 where possible, and whether partial."""
     losses = read_loss_log(info.out_dir)
     first = info.first_logged_step
@@ -84,7 +84,7 @@ def _loss_segments(info: RunInfo, store) -> tuple[list[tuple[int, np.ndarray]], 
     return [(first, losses)], True
 
 
-def prequential_code_length(out_dir: str | Path, *, store=None, cache_dir: Path | None = None,  # noqa: ANN001
+def prequential_code_length(out_dir: str | Path, *, store=None, cache_dir: Path | None = None,
                             progress: Callable[[int], None] | None = None) -> PrequentialResult:
     """The prequential code length of the run in `out_dir` against gzip -9 and xz -9 of its stream.
 
@@ -93,7 +93,7 @@ def prequential_code_length(out_dir: str | Path, *, store=None, cache_dir: Path 
     """
     info = run_info(out_dir)
     segments, partial = _loss_segments(info, store)
-    n_steps = sum(len(l) for _, l in segments)
+    n_steps = sum(len(losses) for _, losses in segments)
     if n_steps == 0:
         raise UserError(f"{out_dir} has no training-loss log yet (train_loss.f32); train the run first")
     corpus = info.corpus(cache_dir)

@@ -71,7 +71,7 @@ def _checkpoint_step(info: RunInfo) -> tuple[int, bool]:
     return step, done is not None and total is not None and step == int(total)
 
 
-def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n: int | None) -> list[Target]:  # noqa: ANN001
+def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n: int | None) -> list[Target]:
     if run_dirs:
         infos = [run_info(d) for d in run_dirs]
     else:
@@ -96,7 +96,7 @@ def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n:
     return sorted(targets, key=lambda t: (t.n, t.d))
 
 
-def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence[str | Path] | None = None,  # noqa: ANN001
+def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence[str | Path] | None = None,
                         *, n: int | None = None, split: str = "test", max_bytes: int | None = None,
                         archive: bool = False, chunk_size: int | None = None, batch_size: int = DEFAULT_BATCH,
                         cache_dir: Path | None = None,

@@ -75,7 +75,7 @@ class BPETokenizer:
 
     name = "bpe"
 
-    def __init__(self, hf_tokenizer) -> None:  # noqa: ANN001 - tokenizers.Tokenizer
+    def __init__(self, hf_tokenizer) -> None:
         self._tok = hf_tokenizer
         self.vocab_size = hf_tokenizer.get_vocab_size()
         to_char, _ = byte_alphabet()

@@ -19,7 +19,15 @@ from scalinglab.laws.fitting import fit
 from scalinglab.laws.forms import FORMS, CustomForm, Form, get_form
 from scalinglab.laws.law import Estimate, Law, law_from_dict
 from scalinglab.laws.planning import Plan, assess_run, compute_optimal, data_constrained, inference_optimal
-from scalinglab.laws.reference import EPOCH_2024, HOFFMANN_2022, HOFFMANN_2022_ROUNDED, MUENNIGHOFF_2023, REFERENCE_LAWS, load_law, reference_law
+from scalinglab.laws.reference import (
+    EPOCH_2024,
+    HOFFMANN_2022,
+    HOFFMANN_2022_ROUNDED,
+    MUENNIGHOFF_2023,
+    REFERENCE_LAWS,
+    load_law,
+    reference_law,
+)
 from scalinglab.laws.result import FitResult
 
 __all__ = [

@@ -182,7 +182,6 @@ def approach2_bias(
     `center`·N_opt·(C/C_min)^drift (off-centre sampling; drift makes the offset grow with compute).
     `design` instead gives the (N, flops) pairs to sample, e.g. a user's own isoFLOP grid.
     """
-    import pandas as pd
 
     from scalinglab.laws.planning import optimal_split
 

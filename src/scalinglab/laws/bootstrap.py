@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from scalinglab.errors import UserError
-from threadpoolctl import threadpool_limits
 from scalinglab.laws.forms import Form
 from scalinglab.laws.objective import Objective, RobustLoss, polish, refit_batch
 

@@ -19,10 +19,10 @@ import time
 from typing import Callable, Mapping
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from scalinglab.errors import UserError
 from scalinglab.laws import varpro
-from threadpoolctl import threadpool_limits
 from scalinglab.laws.data import FitData, as_fit_data
 from scalinglab.laws.forms import EXPONENT_BOUNDS, LOG_COEF_BOUNDS, Form, PowerLawSum, get_form
 from scalinglab.laws.objective import Objective, Polished, RobustLoss, polish

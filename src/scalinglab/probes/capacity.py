@@ -235,7 +235,7 @@ def run_capacity_job(job: CapacityJob) -> dict:
     knowable = knowable_bits(data, h)
     log2v = math.log2(cfg.vocab_size)
 
-    def evaluate(model, train_bits: np.ndarray) -> dict:  # noqa: ANN001
+    def evaluate(model, train_bits: np.ndarray) -> dict:
         held = sequence_bits(model, heldout)
         return {"memorised_bits": memorised_bits(train_bits, h),
                 "heldout_excess": float(held.mean() / (cfg.seq_len - 1) - log2v)}
@@ -427,7 +427,7 @@ def capacity_jobs(cfg: CapacityConfig, out_dir: Path, db: Path | None) -> list[C
 
 
 def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None = None, *, workers: int = 2,
-                 console=None) -> CapacityResult:  # noqa: ANN001
+                 console=None) -> CapacityResult:
     """Run (or resume) every (model, data set) fit, fit α and store the summary.
 
     Finished fits are loaded from `out_dir`, never retrained. With `db`, every fit is a run of
@@ -465,7 +465,7 @@ def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None
     return result
 
 
-def latest_alpha(store) -> dict | None:  # noqa: ANN001
+def latest_alpha(store) -> dict | None:
     """The capacity summary other probes should compare with (α, its interval, convention), or None.
 
     The newest one with a usable α (finite, positive) fitted across at least MIN_SIZES_FOR_ALPHA
@@ -477,6 +477,6 @@ def latest_alpha(store) -> dict | None:  # noqa: ANN001
     return (full or usable or [None])[-1]
 
 
-def _finite_median(values) -> float | None:  # noqa: ANN001
+def _finite_median(values) -> float | None:
     finite = [float(v) for v in values if math.isfinite(float(v))]
     return float(np.median(finite)) if finite else None

@@ -230,7 +230,7 @@ class SequenceTask(engine.Task):
         self.fpt = flops_per_token(model_cfg, L - 1)
         self.last_bits: tuple[int, np.ndarray] | None = None  # (step, per-sequence bits) of the last evaluation
 
-    def setup(self, placement) -> None:  # noqa: ANN001
+    def setup(self, placement) -> None:
         super().setup(placement)
         self.data_dev = self.data.to(placement.device)
         self.mask_dev = self.mask.to(placement.device) if self.mask is not None else None
@@ -358,7 +358,7 @@ def probe_results(store: Store, probe: str) -> list[dict]:
 # --- many small fits in parallel -----------------------------------------------------------------
 
 def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int | None = None,
-                 label: str = "probe", describe: Callable[[Any], str] = str, console=None) -> list[Any]:  # noqa: ANN001
+                 label: str = "probe", describe: Callable[[Any], str] = str, console=None) -> list[Any]:
     """`[fn(job) for job in jobs]` on `workers` processes (`scalinglab.parallel.map_jobs`: one
     torch thread each; a worker that dies is replaced and its job retried; default: one per CPU
     core), with a progress bar over the jobs. `fn` and the jobs must be picklable (a

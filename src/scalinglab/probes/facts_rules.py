@@ -38,8 +38,8 @@ from scalinglab.probes.common import (
     FitRecipe,
     ProbeRecord,
     fit_sequences,
-    probe_optim,
     probe_kind,
+    probe_optim,
     put_probe_result,
     run_parallel,
     sequence_bits,
@@ -232,7 +232,7 @@ def _fit_one(job: _Job) -> dict:
     mask = answer_mask()
     bits_per_fact = cfg.bits_per_fact
 
-    def evaluate(model, train_bits: np.ndarray) -> dict:  # noqa: ANN001
+    def evaluate(model, train_bits: np.ndarray) -> dict:
         correct = answers_correct(model, sequences)
         test_correct = answers_correct(model, data.test)
         test_bits = sequence_bits(model, data.test, mask)
@@ -296,7 +296,7 @@ class FactsRulesResult:
 
 
 def run_facts_rules(cfg: FactsRulesConfig, out_root: Path | str, *, db: Path | str | None = None, workers: int = 1,
-                    console=None) -> FactsRulesResult:  # noqa: ANN001
+                    console=None) -> FactsRulesResult:
     """One fit per dataset size (resumable; finished fits are loaded), then the summary."""
     out_root = Path(out_root)
     jobs = [_Job(cfg, d, str(out_root / _fit_dir(cfg, d)), None if db is None else str(db)) for d in cfg.items]

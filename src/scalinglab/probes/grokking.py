@@ -261,7 +261,7 @@ class GrokTask(engine.Task):
         self.n_params = sum(p.numel() for p in model.parameters())
         self.n_embedding = int(model.number_embedding().numel())
 
-    def setup(self, placement) -> None:  # noqa: ANN001
+    def setup(self, placement) -> None:
         super().setup(placement)
         device = placement.device
         self.a, self.b, self.c = (t.to(device) for t in self.task.pairs)
@@ -448,7 +448,7 @@ def run_dir(out_root: Path | str, cfg: GrokConfig) -> Path:
 
 
 def run_many(configs: Sequence[GrokConfig], out_root: Path | str, *, db: Path | str | None = None,
-             workers: int = 1, console=None) -> list[GrokRun]:  # noqa: ANN001
+             workers: int = 1, console=None) -> list[GrokRun]:
     """Train (or resume, or load) several runs, `workers` at a time, with a progress bar over runs."""
     jobs = [(cfg, str(run_dir(out_root, cfg)), None if db is None else str(db)) for cfg in configs]
     return run_parallel(_run_job, jobs, workers=workers, label="grokking", console=console,
@@ -481,7 +481,7 @@ class FractionSweep:
 
 
 def sweep_fractions(base: GrokConfig, fractions: Sequence[float], out_root: Path | str, *,
-                    db: Path | str | None = None, workers: int = 1, console=None) -> tuple[FractionSweep, list[GrokRun]]:  # noqa: ANN001
+                    db: Path | str | None = None, workers: int = 1, console=None) -> tuple[FractionSweep, list[GrokRun]]:
     """One run per training fraction (otherwise `base`); finds the critical data size."""
     if not fractions:
         raise UserError("--fractions needs at least one fraction, e.g. 0.2,0.3,0.4,0.5")
@@ -513,7 +513,7 @@ def critical_fraction(table: pd.DataFrame) -> tuple[float | None, float | None]:
 
 
 def compare_grokfast(base: GrokConfig, out_root: Path | str, *, db: Path | str | None = None, workers: int = 1,
-                     console=None) -> tuple[dict, list[GrokRun]]:  # noqa: ANN001
+                     console=None) -> tuple[dict, list[GrokRun]]:
     """The same run with and without Grokfast: epochs and seconds to generalise, and their ratio."""
     plain = dataclasses.replace(base, grokfast=False).resolved()
     fast = dataclasses.replace(base, grokfast=True).resolved()

@@ -162,7 +162,7 @@ class SubsetCorpus:
         digest = hashlib.sha256(np.ascontiguousarray(self.pieces, dtype=np.int64).tobytes()).hexdigest()[:12]
         return f"{self.base.key}-subset-{digest}"
 
-    def __getattr__(self, name: str):  # noqa: ANN204 - delegate the rest (meta, key, token_bytes, ...)
+    def __getattr__(self, name: str):
         return getattr(self.base, name)
 
 
@@ -230,7 +230,7 @@ def subset_for(cfg: MemorisationConfig, corpus: PreparedCorpus, n_params: int, r
                                          "doc_tokens": cfg.doc_tokens})
 
 
-def plan_for(job: TrainJob, corpus: PreparedCorpus, n_params: int):  # noqa: ANN201
+def plan_for(job: TrainJob, corpus: PreparedCorpus, n_params: int):
     """The RunPlan and the subset corpus of one training run."""
     from scalinglab.train import plan_run
 
@@ -442,7 +442,7 @@ class MemorisationResult:
         }
 
 
-def resolve_alpha(store, cfg: MemorisationConfig) -> tuple[float, str]:  # noqa: ANN001
+def resolve_alpha(store, cfg: MemorisationConfig) -> tuple[float, str]:
     """α from the latest capacity result in the store, else the config's, else the anchor."""
     from scalinglab.probes.capacity import ANCHOR_BITS_PER_PARAM, latest_alpha
 
@@ -455,7 +455,7 @@ def resolve_alpha(store, cfg: MemorisationConfig) -> tuple[float, str]:  # noqa:
 
 
 def run_memorisation(cfg: MemorisationConfig, out_dir: Path | str, db: Path | str, *, workers: int = 2,
-                     cache_dir: Path | None = None, study: str | None = None, console=None) -> MemorisationResult:  # noqa: ANN001
+                     cache_dir: Path | None = None, study: str | None = None, console=None) -> MemorisationResult:
     """Train (or resume) every model and reference, score them, and store the summary."""
     import pandas as pd
 
@@ -506,7 +506,7 @@ def run_memorisation(cfg: MemorisationConfig, out_dir: Path | str, db: Path | st
 
 # --- the study's runs ------------------------------------------------------------------------------
 
-def measure_study(store, db: Path, study: str, cfg: MemorisationConfig, cache_dir: Path | None = None) -> "pd.DataFrame":  # noqa: ANN001,F821
+def measure_study(store, db: Path, study: str, cfg: MemorisationConfig, cache_dir: Path | None = None) -> "pd.DataFrame":  # noqa: F821
     """Cheap estimate and loss-based AUC for each finished cooldown branch of a study (each on
     the corpus it was trained on)."""
     import pandas as pd

@@ -185,7 +185,7 @@ def _run_job(job: _Job) -> dict:
 # --- the experiment --------------------------------------------------------------------------------
 
 def run_repetition(cfg: RepetitionConfig, corpus: PreparedCorpus, *, db: Path | str, out_root: Path | str,
-                   workers: int = 1, console=None) -> RepetitionResult:  # noqa: ANN001
+                   workers: int = 1, console=None) -> RepetitionResult:
     """Train every run not yet done, then compare with the predictions; stored under the result
     kind "probe:repetition"."""
     db, out_root = Path(db), Path(out_root)
@@ -258,7 +258,7 @@ class FreshCurve:
         order = np.argsort(tokens)
         return cls(tokens=tokens[order], loss=np.minimum.accumulate(loss[order]), fit=fit)
 
-    def __call__(self, d) -> np.ndarray:  # noqa: ANN001
+    def __call__(self, d) -> np.ndarray:
         d = np.asarray(d, float)
         inside = np.exp(np.interp(np.log(d), np.log(self.tokens), np.log(self.loss)))
         if self.fit is None:
@@ -309,7 +309,7 @@ def _fit_fresh(tokens: np.ndarray, loss: np.ndarray, notes: list[str]) -> dict |
     return {k: float(result.params[k]) for k in ("E", "B", "beta")}
 
 
-def _fit_rd_star(unique: np.ndarray, tokens: np.ndarray, loss: np.ndarray, curve) -> float | None:  # noqa: ANN001
+def _fit_rd_star(unique: np.ndarray, tokens: np.ndarray, loss: np.ndarray, curve) -> float | None:
     """R* minimising the squared log error of L_fresh(D'(R*)) over the runs that repeat data."""
     from scipy.optimize import minimize_scalar
 

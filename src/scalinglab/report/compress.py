@@ -8,7 +8,7 @@ from scalinglab.compress.prequential import PrequentialResult
 from scalinglab.report.figures import pyplot, save
 
 
-def plot_compression_vs_data(frame, path: str | Path) -> Path:  # noqa: ANN001 - DataFrame from compression_vs_data
+def plot_compression_vs_data(frame, path: str | Path) -> Path:
     """Test-split bits/byte against training tokens D, a line per N, gzip -9 and xz -9 for scale."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))

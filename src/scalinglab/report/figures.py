@@ -19,7 +19,7 @@ def pyplot():
     return plt
 
 
-def save(fig, path: str | Path) -> Path:  # noqa: ANN001 - a matplotlib Figure
+def save(fig, path: str | Path) -> Path:
     """Save `fig` to `path` (creating its folder) and close it."""
     path = Path(path)
     plt = pyplot()

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from scalinglab.probes.grokking import FractionSweep, GrokRun
     from scalinglab.probes.facts_rules import FactsRulesResult
+    from scalinglab.probes.grokking import FractionSweep, GrokRun
     from scalinglab.probes.repetition import RepetitionResult
 
 
@@ -27,7 +27,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001
+def _save(fig, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -36,7 +36,7 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
     return path
 
 
-def _label_log_axis(axis, values) -> None:  # noqa: ANN001
+def _label_log_axis(axis, values) -> None:
     """Label a log axis at the data's own values, without matplotlib's crowded minor labels."""
     from matplotlib.ticker import NullFormatter
 
@@ -45,7 +45,7 @@ def _label_log_axis(axis, values) -> None:  # noqa: ANN001
     axis.set_minor_formatter(NullFormatter())
 
 
-def _mark_transitions(ax, run: "GrokRun") -> None:  # noqa: ANN001
+def _mark_transitions(ax, run: "GrokRun") -> None:
     for epoch, label, color in ((run.memorised_epoch, "memorised", "tab:blue"),
                                 (run.generalised_epoch, "generalised", "tab:red")):
         if epoch:

@@ -16,7 +16,7 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> Path:  # noqa: ANN001
+def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -24,7 +24,7 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
     return path
 
 
-def _log_x(ax) -> None:  # noqa: ANN001
+def _log_x(ax) -> None:
     from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     ax.set_xscale("log")
@@ -33,7 +33,7 @@ def _log_x(ax) -> None:  # noqa: ANN001
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def capacity_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
+def capacity_figures(result, out_dir: Path | str) -> list[Path]:
     """memorised bits vs data bits per model with capacity lines; capacity vs P with α·P; the
     held-out excess loss (double descent) vs data bits / capacity."""
     plt = _plt()
@@ -86,7 +86,7 @@ def capacity_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
     return paths
 
 
-def memorisation_figures(result, out_dir: Path | str) -> list[Path]:  # noqa: ANN001
+def memorisation_figures(result, out_dir: Path | str) -> list[Path]:
     """memorised (both estimates) and generalised bits vs D/N against α·P; membership AUC vs D/N."""
     plt = _plt()
     out_dir = Path(out_dir)

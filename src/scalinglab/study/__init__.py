@@ -29,7 +29,7 @@ from scalinglab.study.grid import Grid, StudyConfig, parse_budget, plan_grid, si
 from scalinglab.study.runner import StudyRuns, Task, build_tasks, run_tasks
 
 __all__ = [
-    "Grid", "PreparedStudy", "StudyConfig", "StudyResult", "analyse", "execute", "parse_budget", "prepare_study",
+    "Grid", "PreparedStudy", "StudyConfig", "StudyResult", "analyse", "execute", "parse_budget", "prepare_study", "run",
     "study_preset",
 ]
 
@@ -113,6 +113,20 @@ def _save_plan(study: PreparedStudy) -> None:
     tmp = study.study_dir / "study.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(study.study_dir / "study.json")
+
+
+def run(cfg: StudyConfig, db: str | Path = "scalinglab.db", out: str | Path = "study", *,
+        cache_dir: Path | None = None, on_tick=None, fit_from_tpp: float = FIT_FROM_TPP) -> StudyResult:
+    """A whole study from Python, as `scalinglab study` runs it: plan the grid (reusing the last
+    plan of the same study), train every run not finished yet, then fit and write the results.
+
+        from scalinglab.study import run, study_preset
+        result = run(study_preset("smoke"), db="scalinglab.db", out="study")
+        result.summary                      # per N: loss at 20 tokens/param and at the largest D, fits
+    """
+    study = prepare_study(cfg, db, out, cache_dir=cache_dir)
+    execute(study, on_tick=on_tick)
+    return analyse(study, fit_from_tpp=fit_from_tpp)
 
 
 def execute(study: PreparedStudy, on_tick=None) -> list[Task]:

@@ -81,7 +81,7 @@ class DataFit:
     converged: bool
     result: object  # the laws.FitResult
 
-    def predict(self, D) -> np.ndarray:  # noqa: ANN001
+    def predict(self, D) -> np.ndarray:
         return np.asarray(self.result.predict(D=np.asarray(D, dtype=float)))
 
     def gain_from_doubling(self, D: float) -> float:

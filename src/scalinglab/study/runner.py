@@ -153,7 +153,7 @@ def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, o
         return runs.tasks
     by_key = {t.key: t for t in runs.tasks}
 
-    def settle(key: str, status: str, value) -> None:  # noqa: ANN001
+    def settle(key: str, status: str, value) -> None:
         task = by_key[key]
         if status == "ok":
             _settle(task, *value)

@@ -478,13 +478,16 @@ def every(interval: int, total_steps: int) -> list[int]:
 
 
 class _LossLog:
-    """Append-only float32 log of per-step training losses, cut back to a checkpoint on resume."""
+    """Append-only float32 log of per-step training losses, cut back to a checkpoint on resume.
+    Steps it never saw (a run folder from before every run kept one) read as NaN."""
 
     def __init__(self, path: Path, keep: int) -> None:
         self.path = path
         self._fh = open(path, "r+b" if path.exists() else "w+b")
-        self._fh.truncate(keep * 4)
-        self._fh.seek(keep * 4)
+        known = min(keep, self._fh.seek(0, 2) // 4)
+        self._fh.truncate(known * 4)
+        self._fh.seek(known * 4)
+        self._fh.write(np.full(keep - known, np.nan, dtype=np.float32).tobytes())
         self._buffer: list[float] = []
         self._flushed = time.monotonic()
 

@@ -82,7 +82,7 @@ def stop_requests() -> Iterator[dict]:
     Ctrl-C stops at once."""
     flag = {"stop": False}
 
-    def handler(signum, frame):  # noqa: ANN001
+    def handler(signum, frame):
         if flag["stop"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["stop"] = True
