@@ -40,20 +40,20 @@ COMMANDS = {
         "cooldown_frac": "cooldown_frac", "cooldown_shape": "cooldown_shape", "workers": "workers",
         "seq_len": "seq_len", "seed": "seed", "device": "device", "name": "name"}),
     "probe capacity": (CapacityConfig(), {
-        "vocab": "vocab_size", "seq_len": "seq_len", "steps": "steps", "lr": "lr", "schedule": "schedule",
+        "vocab": "vocab_size", "seq_len": "seq_len", "steps": "steps", "lr": "optim.lr", "schedule": "optim.schedule",
         "batch_tokens": "max_batch_tokens", "seed": "seed", "device": "device"}),
     "probe memorisation": (MemorisationConfig(), {
         "corpus": "corpus.source", "tokenizer": "corpus.tokenizer", "size": "size", "params": "params",
         "budget_tpp": "budget_tpp", "seq_len": "seq_len", "eval_windows": "eval_windows", "alpha": "alpha",
         "seed": "seed", "device": "device"}),
     "probe grokking": (GrokConfig(), {
-        "p": "p", "op": "op", "frac": "train_frac", "model": "model", "epochs": "max_epochs", "lr": "lr",
-        "wd": "weight_decay", "seed": "seed", "grokfast": "grokfast", "grokfast_alpha": "grokfast_alpha",
+        "p": "p", "op": "op", "frac": "train_frac", "model": "model", "epochs": "max_epochs", "lr": "optim.lr",
+        "wd": "optim.weight_decay", "seed": "seed", "grokfast": "grokfast", "grokfast_alpha": "grokfast_alpha",
         "grokfast_lambda": "grokfast_lamb", "stop_after": "stop_after", "eval_every": "eval_every",
         "device": "device"}),
     "probe facts-rules": (FactsRulesConfig(), {
         "rule_share": "rule_share", "alphabet": "alphabet", "d_model": "d_model", "n_layer": "n_layer",
-        "epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "seed": "seed"}),
+        "epochs": "epochs", "lr": "optim.lr", "batch_size": "batch_size", "seed": "seed"}),
     "probe repetition": (RunConfig(), {
         "corpus": "corpus.source", "tokenizer": "corpus.tokenizer", "params": "model.params",
         "seq_len": "train.seq_len", "batch_size": "train.batch_size", "lr": "optim.lr",
@@ -97,8 +97,8 @@ def test_every_config_field_can_be_set_and_errors_name_the_field(tmp_path):
     cfg = build_config(RunConfig, toml, ["optim.beta2=0.99", "model.size=\"30k\""])
     assert (cfg.optim.lr, cfg.optim.schedule, cfg.optim.beta2, cfg.train.seq_len, cfg.model.size) == (
         2e-3, "cosine", 0.99, 64, "30k")
-    grok = build_config(GrokConfig, None, ["p=59", "lr=1e-3"], weight_decay=0.5)
-    assert (grok.p, grok.lr, grok.weight_decay) == (59, 1e-3, 0.5)
+    grok = build_config(GrokConfig, None, ["p=59", "optim.lr=1e-3"], optim__weight_decay=0.5).resolved()
+    assert (grok.p, grok.optim.lr, grok.optim.weight_decay, grok.optim.decay) == (59, 1e-3, 0.5, "all")
     for sets, needle in ((["optim.lr=fast"], "optim.lr must be"), (["optim.nope=1"], "optim.nope"),
                          (["train.lr=1"], "train.lr is now optim.lr")):
         with pytest.raises(Exception, match=needle):

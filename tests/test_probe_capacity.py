@@ -18,10 +18,12 @@ from scalinglab.probes.capacity import (
     parse_models,
     run_capacity,
 )
+from scalinglab.probes.common import probe_optim
 from scalinglab.store import open_store
 
 # Tiny random data: V = 16, S = 9, so a sequence carries 8 x 4 = 32 bits.
-TINY = dict(vocab_size=16, seq_len=9, lr=1e-2, schedule="cosine", warmup=10, eval_points=4, heldout_sequences=32)
+TINY = dict(vocab_size=16, seq_len=9, optim=probe_optim(lr=1e-2, schedule="cosine", warmup=10), eval_points=4,
+            heldout_sequences=32)
 
 
 def test_memorised_bits_clip_each_sequence_at_zero():

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from scalinglab.errors import UserError
+from scalinglab.probes.common import probe_optim
 from scalinglab.probes.facts_rules import FactsRulesConfig, answers_correct, capacity_alpha, make_data, run_facts_rules
 from scalinglab.store import open_store
 
-TINY = dict(items=(32, 128, 512), alphabet=16, d_model=8, epochs=100, min_steps=100, batch_size=64, warmup=20)
+TINY = dict(items=(32, 128, 512), alphabet=16, d_model=8, epochs=100, min_steps=100, batch_size=64,
+            optim=probe_optim(lr=1e-2, warmup=20))
 
 
 def test_data_facts_are_random_rules_follow_the_rule_and_test_keys_are_unseen():
@@ -57,7 +59,7 @@ def test_answers_correct_scores_both_value_tokens():
 
 
 @pytest.mark.parametrize("bad", [dict(items=()), dict(items=(1,)), dict(rule_share=1.5), dict(alphabet=2),
-                                 dict(items=(10_000,), alphabet=4), dict(lr=0.0), dict(epochs=0),
+                                 dict(items=(10_000,), alphabet=4), dict(optim=probe_optim(lr=0.0)), dict(epochs=0),
                                  dict(d_model=9)])
 def test_bad_settings_are_user_errors(bad):
     with pytest.raises(UserError):

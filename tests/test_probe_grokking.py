@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from scalinglab.errors import UserError
-from scalinglab.probes.grokking import GrokConfig, _grokfast_filter, critical_fraction, train_grokking
+from scalinglab.probes.grokking import GROKKING_OPTIM, GrokConfig, _grokfast_filter, critical_fraction, train_grokking
 from scalinglab.probes.modular import (
     ModularTask,
     effective_frequencies,
@@ -23,7 +24,7 @@ from scalinglab.probes.modular import (
 from scalinglab.store import open_store
 
 # A setting that groks in a few hundred epochs (a few seconds on one core).
-FAST = dict(p=59, train_frac=0.6, lr=1e-2)
+FAST = dict(p=59, train_frac=0.6, optim=replace(GROKKING_OPTIM, lr=1e-2))
 
 
 # --- the task ------------------------------------------------------------------------------------
@@ -68,7 +69,7 @@ def test_grid_index_puts_pairs_in_group_coordinates():
         assert a[index[2, 5]] == e[2] and b[index[2, 5]] == e[5]
 
 
-@pytest.mark.parametrize("bad", [dict(p=20), dict(p=2), dict(op="%"), dict(train_frac=1.0), dict(lr=-1.0),
+@pytest.mark.parametrize("bad", [dict(p=20), dict(p=2), dict(op="%"), dict(train_frac=1.0), dict(optim=replace(GROKKING_OPTIM, lr=-1.0)),
                                  dict(model="cnn"), dict(max_epochs=0)])
 def test_bad_settings_are_user_errors(bad):
     with pytest.raises(UserError):

@@ -22,7 +22,7 @@ import math
 import tomllib
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,7 @@ class ModelSpec:
     tie_embeddings: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """How every run steps: AdamW, gradient clipping and the learning-rate schedule.
 
@@ -216,10 +216,22 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
     for name, value in data.items():
         hint = hints[name]
         if _is_section(hint):
-            values[name] = from_dict(hint, value, f"{where}{name}.")
+            # a section given in part keeps the rest of the field's default (a probe's own optimizer)
+            default = _field_default(known[name])
+            base = asdict(default) if default is not None and isinstance(value, dict) else {}
+            values[name] = from_dict(hint, {**base, **value} if isinstance(value, dict) else value,
+                                     f"{where}{name}.")
         else:
             values[name] = _coerce(f"{where}{name}", value, hint)
     return cls(**values)
+
+
+def _field_default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
 
 
 def _is_section(annotation: Any) -> bool:

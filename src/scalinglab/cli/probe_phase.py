@@ -74,8 +74,8 @@ def grokking(
         raise UserError("--fractions and --compare-grokfast each start several runs; use one at a time")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    cfg = build_config(GrokConfig, config, set_, p=p, op=op, train_frac=frac, model=model, max_epochs=epochs, lr=lr,
-                       weight_decay=wd, seed=seed, grokfast=grokfast, grokfast_alpha=grokfast_alpha,
+    cfg = build_config(GrokConfig, config, set_, p=p, op=op, train_frac=frac, model=model, max_epochs=epochs,
+                       optim__lr=lr, optim__weight_decay=wd, seed=seed, grokfast=grokfast, grokfast_alpha=grokfast_alpha,
                        grokfast_lamb=grokfast_lambda, stop_after=stop_after, eval_every=eval_every,
                        device=device).resolved()
     sweep_values = _fractions(fractions, "--fractions") if fractions is not None else None
@@ -282,7 +282,7 @@ def facts_rules(
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     cfg = build_config(FactsRulesConfig, config, set_, items=parse_items(items) if items is not None else None,
-                       rule_share=rule_share, alphabet=alphabet, d_model=d_model, n_layer=n_layer, epochs=epochs, lr=lr,
+                       rule_share=rule_share, alphabet=alphabet, d_model=d_model, n_layer=n_layer, epochs=epochs, optim__lr=lr,
                        batch_size=batch_size, seed=seed)
     open_store(db)
     try:

@@ -53,7 +53,7 @@ def capacity(
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
     cfg = build_config(CapacityConfig, config, set_, models=parse_models(models) if models is not None else None,
-                       vocab_size=vocab, seq_len=seq_len, steps=steps, lr=lr, schedule=schedule,
+                       vocab_size=vocab, seq_len=seq_len, steps=steps, optim__lr=lr, optim__schedule=schedule,
                        data_bits_per_param=_numbers(bits_per_param, "--bits-per-param") if bits_per_param else None,
                        max_batch_tokens=batch_tokens, seed=seed, device=device)
     _check_db(db)

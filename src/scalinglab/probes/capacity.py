@@ -53,18 +53,20 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from scalinglab.config import OptimConfig
 from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, count_params, flops_per_token
 from scalinglab.probes.common import (
     FitRecipe,
     ProbeRecord,
     fit_sequences,
+    flat_optim,
     probe_optim,
     probe_results,
     put_probe_result,
@@ -73,6 +75,8 @@ from scalinglab.probes.common import (
 )
 
 PROBE = "capacity"
+# Morris et al.'s setting on a CPU budget: a high peak LR with a cosine decay, no weight decay.
+CAPACITY_OPTIM = probe_optim(lr=3e-2, schedule="cosine", warmup=50)
 ANCHOR_BITS_PER_PARAM = 3.6  # Morris et al. 2025, bf16 (3.83 in fp32)
 ANCHOR_BITS_PER_PARAM_FP32 = 3.83
 FULLY_MEMORISED = 0.99  # of the knowable bits: a run this far stops early, converged
@@ -90,7 +94,7 @@ class CapacityConfig:
     vocab_size, seq_len: V and S of the random sequences.
     data_bits_per_param: data set sizes per model, as H(data) / P (total parameters). Sizes well
       below the capacity are memorised fully; those above show the plateau.
-    steps, lr, schedule, warmup, weight_decay: the training recipe (AdamW, β = (0.9, 0.98)).
+    steps, optim: the training recipe (`CAPACITY_OPTIM`: AdamW, β = (0.9, 0.98), cosine, no decay).
     max_batch_tokens: data sets up to this many scored tokens train full batch; larger ones in
       minibatches of about this size (each step then costs about the same).
     heldout_sequences: fresh random sequences for the held-out (double descent) curve.
@@ -103,10 +107,7 @@ class CapacityConfig:
     seq_len: int = 32
     data_bits_per_param: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 6.0)
     steps: int = 4000
-    lr: float = 3e-2
-    schedule: str = "cosine"
-    warmup: int = 50
-    weight_decay: float = 0.0
+    optim: OptimConfig = CAPACITY_OPTIM
     max_batch_tokens: int = 2048
     heldout_sequences: int = 256
     eval_points: int = 12
@@ -127,10 +128,9 @@ class CapacityConfig:
         for name in ("steps", "max_batch_tokens", "heldout_sequences", "eval_points"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.schedule not in ("constant", "cosine", "wsd"):
-            raise UserError(f"unknown schedule {self.schedule!r}; choose constant, cosine or wsd")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.optim.lr is None or self.optim.warmup is None:
+            raise UserError("optim.lr and optim.warmup must be set for the capacity probe")
+        self.optim.validate()
         if self.steps < 4:
             raise UserError(f"--steps must be >= 4 (convergence is judged over the last doubling), got {self.steps}")
 
@@ -152,7 +152,7 @@ class CapacityConfig:
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        data = flat_optim(asdict(self), CAPACITY_OPTIM, ("lr", "schedule", "warmup", "weight_decay"))
         data["models"] = [list(m) for m in self.models]
         data["data_bits_per_param"] = list(self.data_bits_per_param)
         return data
@@ -217,8 +217,7 @@ def recipe_for(cfg: CapacityConfig, n_sequences: int, steps: int | None = None) 
     batch = None if n_sequences <= full_batch_sequences else full_batch_sequences
     # Evaluate at even fractions of the run, so the point half-way (for second_half_gain) exists.
     eval_every = max(1, steps // (2 * max(1, cfg.eval_points // 2)))
-    optim = probe_optim(lr=cfg.lr, warmup=min(cfg.warmup, steps // 4), schedule=cfg.schedule,
-                        weight_decay=cfg.weight_decay)
+    optim = replace(cfg.optim, warmup=min(cfg.optim.warmup, steps // 4))
     return FitRecipe(steps=steps, optim=optim, batch_size=batch, eval_every=eval_every, seed=cfg.seed,
                      device=cfg.device)
 

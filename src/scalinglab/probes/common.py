@@ -59,6 +59,17 @@ def probe_optim(**changes: Any) -> OptimConfig:
     return replace(PROBE_OPTIM, **changes)
 
 
+def flat_optim(data: dict, default: OptimConfig, keep: tuple[str, ...]) -> dict:
+    """A probe config's dict (`asdict`) with its `optim` section laid out as the flat fields the
+    probe's results and folders were first keyed by (`keep`); other optimizer settings enter only
+    where they differ from the probe's default, so existing keys stay the same."""
+    data = dict(data)
+    optim = data.pop("optim")
+    data.update({k: optim[k] for k in keep})
+    data.update({f"optim.{k}": v for k, v in optim.items() if k not in keep and v != getattr(default, k)})
+    return data
+
+
 def probe_kind(probe: str) -> str:
     """The run kind and result kind of a probe: "probe:<name>"."""
     return f"probe:{probe}"

@@ -31,13 +31,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from scalinglab.config import config_hash
+from scalinglab.config import OptimConfig, config_hash
 from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, count_params
 from scalinglab.probes.common import (
     FitRecipe,
     ProbeRecord,
     fit_sequences,
+    flat_optim,
     probe_kind,
     probe_optim,
     put_probe_result,
@@ -47,6 +48,8 @@ from scalinglab.probes.common import (
 from scalinglab.store import Store, open_store
 
 PROBE = "facts-rules"
+# Minibatch AdamW at a constant LR after warmup, no weight decay (the probes' β2 0.98).
+FACTS_RULES_OPTIM = probe_optim(lr=1e-2, warmup=50, schedule="constant")
 SEQ_LEN = 7  # TAG k1 k2 k3 = v1 v2
 ANSWER = slice(4, 6)  # the predictions of v1 and v2 among the L-1 predictions
 VALUES = slice(5, 7)  # v1 and v2 among the tokens
@@ -62,7 +65,7 @@ class FactsRulesConfig:
     n_layer, d_model: the GPT (fixed N across the sweep).
     epochs: passes over the dataset per fit (exposures per item); min_steps: floor on updates
       for the smallest datasets.
-    batch_size, lr, weight_decay, warmup: AdamW minibatch training, constant LR after warmup.
+    batch_size, optim: minibatch training (`FACTS_RULES_OPTIM`: AdamW, constant LR after warmup).
     test_items: rule items with keys unseen in any training set.
     seed: data, rule and initialisation.
     """
@@ -75,9 +78,7 @@ class FactsRulesConfig:
     epochs: int = 400
     min_steps: int = 400
     batch_size: int = 256
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    warmup: int = 50
+    optim: OptimConfig = FACTS_RULES_OPTIM
     test_items: int = 512
     seed: int = 0
     eval_points: int = 8
@@ -97,8 +98,9 @@ class FactsRulesConfig:
         for name in ("epochs", "min_steps", "batch_size", "test_items", "eval_points", "n_layer", "d_model"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be a positive whole number, got {getattr(self, name)!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.optim.lr is None or self.optim.warmup is None:
+            raise UserError("optim.lr and optim.warmup must be set for the facts-rules probe")
+        self.optim.validate()
         if self.d_model % 2:
             raise UserError(f"--d-model must be even (rotary positions rotate pairs), got {self.d_model}")
 
@@ -119,11 +121,10 @@ class FactsRulesConfig:
 
     def recipe(self, n_items: int) -> FitRecipe:
         steps = max(self.min_steps, math.ceil(self.epochs * n_items / self.batch_size))
-        optim = probe_optim(lr=self.lr, warmup=self.warmup, schedule="constant", weight_decay=self.weight_decay)
-        return FitRecipe(steps=steps, optim=optim, batch_size=self.batch_size, eval_every=max(1, steps // self.eval_points), seed=self.seed)
+        return FitRecipe(steps=steps, optim=self.optim, batch_size=self.batch_size, eval_every=max(1, steps // self.eval_points), seed=self.seed)
 
     def key(self) -> str:
-        return config_hash(asdict(self))
+        return config_hash(flat_optim(asdict(self), FACTS_RULES_OPTIM, ("lr", "weight_decay", "warmup")))
 
     def fit_identity(self, n_items: int) -> dict:
         """What fixes the fit at one dataset size: not the other sizes of the sweep."""

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -69,12 +68,17 @@ GENERALISED_AT = 0.95  # test accuracy that counts as generalised
 HISTORY_COLUMNS = ["epoch", "train_loss", "test_loss", "train_acc", "test_acc", "weight_norm", "fourier_sparsity",
                    "fourier_effective", "lr", "wall_time"]
 
+# The grokking papers' optimizer: full-batch AdamW with weight decay on every parameter, β2 0.98,
+# no clipping, constant LR after warmup (the model's defaults below fill in lr and warmup).
+GROKKING_OPTIM = OptimConfig(lr=None, warmup=None, schedule="constant", weight_decay=1.0, decay="all", beta2=0.98,
+                             grad_clip=0.0)
+
 # Per-model defaults: the embedding-MLP recipe measured here (docs/probes-phase.md) and
 # Nanda et al. 2023's recipe for their transformer.
 _DEFAULTS = {
-    "mlp": dict(p=97, train_frac=0.5, lr=3e-3, warmup=0, eval_every=10, snapshot_every=50, max_epochs=5000),
-    "transformer": dict(p=113, train_frac=0.3, lr=1e-3, warmup=10, eval_every=100, snapshot_every=1000,
-                        max_epochs=40000),
+    "mlp": dict(p=97, train_frac=0.5, eval_every=10, snapshot_every=50, max_epochs=5000, optim=dict(lr=3e-3, warmup=0)),
+    "transformer": dict(p=113, train_frac=0.3, eval_every=100, snapshot_every=1000, max_epochs=40000,
+                        optim=dict(lr=1e-3, warmup=10)),
 }
 
 
@@ -85,8 +89,8 @@ class GrokConfig:
     p, op: the task a∘b mod p (p prime; op one of + - * /).
     train_frac: share of all pairs used for training (the rest is the test set).
     model: "mlp" (embedding-MLP, default) or "transformer" (Nanda et al.'s one layer).
-    lr, weight_decay, beta1, beta2, warmup: full-batch AdamW (decay on every parameter, as in
-      the grokking papers), linear warmup over `warmup` epochs.
+    optim: the optimizer (`GROKKING_OPTIM`; optim.lr and optim.warmup, in epochs, from the model's
+      defaults when None).
     grokfast, grokfast_alpha, grokfast_lamb: gradient-EMA filter g <- g + lamb * EMA_alpha(g).
     seed: split and initialisation.
     eval_every, snapshot_every: epochs between evaluations / parameter snapshots.
@@ -101,11 +105,7 @@ class GrokConfig:
     op: str = "+"
     train_frac: float | None = None
     model: str = "mlp"
-    lr: float | None = None
-    weight_decay: float = 1.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    warmup: int | None = None
+    optim: OptimConfig = GROKKING_OPTIM
     grokfast: bool = False
     grokfast_alpha: float = 0.98
     grokfast_lamb: float = 2.0
@@ -122,45 +122,41 @@ class GrokConfig:
         """This config with every None replaced by the model's default, validated."""
         if self.model not in MODELS:
             raise UserError(f"unknown grokking model {self.model!r}; choose {' or '.join(MODELS)}")
-        fills = {k: v for k, v in _DEFAULTS[self.model].items() if getattr(self, k) is None}
-        cfg = dataclasses.replace(self, op=canonical_op(self.op), **fills)
+        defaults = _DEFAULTS[self.model]
+        fills = {k: v for k, v in defaults.items() if k != "optim" and getattr(self, k) is None}
+        optim = dataclasses.replace(self.optim, **{k: v for k, v in defaults["optim"].items()
+                                                   if getattr(self.optim, k) is None})
+        cfg = dataclasses.replace(self, op=canonical_op(self.op), optim=optim, **fills)
         cfg._validate()
         return cfg
 
     def _validate(self) -> None:
         ModularTask(self.p, self.op)  # checks p
         if not 0 < self.train_frac < 1:
-            raise UserError(f"--frac must lie strictly between 0 and 1, got {self.train_frac}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise UserError(f"--wd must be a number >= 0, got {self.weight_decay}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise UserError(f"AdamW betas must lie in [0, 1), got ({self.beta1}, {self.beta2})")
+            raise UserError(f"train_frac (--frac) must lie strictly between 0 and 1, got {self.train_frac}")
+        self.optim.validate()
         if not 0 < self.grokfast_alpha < 1:
-            raise UserError(f"--grokfast-alpha must lie in (0, 1), got {self.grokfast_alpha}")
+            raise UserError(f"grokfast_alpha (--grokfast-alpha) must lie in (0, 1), got {self.grokfast_alpha}")
         if not self.grokfast_lamb >= 0:
-            raise UserError(f"--grokfast-lambda must be >= 0, got {self.grokfast_lamb}")
+            raise UserError(f"grokfast_lamb (--grokfast-lambda) must be >= 0, got {self.grokfast_lamb}")
         for name in ("eval_every", "snapshot_every", "max_epochs", "fourier_top"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.warmup < 0:
-            raise UserError(f"warmup must be >= 0 epochs, got {self.warmup}")
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
         if self.snapshot_every % self.eval_every:
             raise UserError(f"snapshot_every ({self.snapshot_every}) must be a multiple of eval_every ({self.eval_every})")
 
-    def optim(self) -> OptimConfig:
-        """The grokking recipe as the shared optimizer config: full-batch AdamW with weight decay
-        on every parameter, no gradient clipping, constant LR after a linear warmup."""
-        return OptimConfig(lr=self.lr, warmup=self.warmup, schedule="constant", weight_decay=self.weight_decay,
-                           decay="all", beta1=self.beta1, beta2=self.beta2, grad_clip=0.0)
-
     def identity(self) -> dict:
-        """What fixes the trajectory and what is recorded along it (and so names the run)."""
-        keep = ("p", "op", "train_frac", "model", "lr", "weight_decay", "beta1", "beta2", "warmup", "grokfast",
-                "seed", "eval_every", "snapshot_every", "fourier_top")
+        """What fixes the trajectory and what is recorded along it (and so names the run). The
+        optimizer's settings keep the flat names runs were first keyed by; settings added since
+        enter only when changed from the grokking recipe."""
+        keep = ("p", "op", "train_frac", "model", "grokfast", "seed", "eval_every", "snapshot_every", "fourier_top")
+        o = self.optim
         ident = {k: getattr(self, k) for k in keep}
+        ident.update(lr=o.lr, weight_decay=o.weight_decay, beta1=o.beta1, beta2=o.beta2, warmup=o.warmup)
+        for name in ("schedule", "cooldown_frac", "cooldown_shape", "min_lr_frac", "decay", "eps", "grad_clip"):
+            if getattr(o, name) != getattr(GROKKING_OPTIM, name):
+                ident[f"optim.{name}"] = getattr(o, name)
         if self.grokfast:
             ident.update(grokfast_alpha=self.grokfast_alpha, grokfast_lamb=self.grokfast_lamb)
         return {"probe": PROBE, **ident}
@@ -171,8 +167,8 @@ class GrokConfig:
 
     def describe(self) -> str:
         gf = f" grokfast(α={self.grokfast_alpha}, λ={self.grokfast_lamb})" if self.grokfast else ""
-        return (f"{self.model} a{self.op}b mod {self.p}, {self.train_frac:.0%} of pairs, lr {self.lr:g} "
-                f"wd {self.weight_decay:g}{gf}, seed {self.seed}")
+        return (f"{self.model} a{self.op}b mod {self.p}, {self.train_frac:.0%} of pairs, lr {self.optim.lr:g} "
+                f"wd {self.optim.weight_decay:g}{gf}, seed {self.seed}")
 
 
 @dataclass
@@ -334,8 +330,8 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
                n_total=task.n_params, n_embedding=task.n_embedding, n_nonembedding=task.n_params - task.n_embedding,
                param_convention="total")
     spec = engine.RunSpec(
-        run_id=run_id, identity=identity, optim=cfg.optim(), lr=cfg.lr,
-        schedule=cfg.optim().schedule_for(cfg.max_epochs), seed=cfg.seed, device=cfg.device, dtype="float32",
+        run_id=run_id, identity=identity, optim=cfg.optim, lr=cfg.optim.lr,
+        schedule=cfg.optim.schedule_for(cfg.max_epochs), seed=cfg.seed, device=cfg.device, dtype="float32",
         threads=cfg.threads, eval_steps=[0, *engine.every(cfg.eval_every, cfg.max_epochs)],
         extendable=True,  # the budget is not part of the identity: a larger one continues the run
         store=store, row=row, checkpoint_every=30.0, what="grokking run",
