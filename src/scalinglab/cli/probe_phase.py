@@ -22,13 +22,6 @@ def _fractions(text: str, name: str) -> list[float]:
     return values
 
 
-def _record_figure(db: Path, run_id: str | None, path: Path) -> None:
-    from scalinglab.store import open_store
-    from scalinglab.train.checkpoint import file_sha256
-
-    open_store(db).add_artifact(run_id, "figure", path, file_sha256(path))
-
-
 def _fmt_epoch(value) -> str:
     return "-" if value is None or value != value else f"{int(value):,}"
 
@@ -64,9 +57,7 @@ def grokking(
     """Grokking on modular arithmetic: epochs to memorise and to generalise, progress measures."""
 
     from scalinglab.config import build_config
-    from scalinglab.probes.grokking import GrokConfig, sweep_fractions, train_grokking
-    from scalinglab.probes.grokking import compare_grokfast as compare
-    from scalinglab.report import phase as figs
+    from scalinglab.probes import grokking as grok
     from scalinglab.store import open_store
     from scalinglab.train import Diverged, Interrupted
 
@@ -74,7 +65,7 @@ def grokking(
         raise UserError("--fractions and --compare-grokfast each start several runs; use one at a time")
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
-    cfg = build_config(GrokConfig, config, set_, p=p, op=op, train_frac=frac, model=model, max_epochs=epochs,
+    cfg = build_config(grok.GrokConfig, config, set_, p=p, op=op, train_frac=frac, model=model, max_epochs=epochs,
                        optim__lr=lr, optim__weight_decay=wd, seed=seed, grokfast=grokfast, grokfast_alpha=grokfast_alpha,
                        grokfast_lamb=grokfast_lambda, stop_after=stop_after, eval_every=eval_every,
                        device=device).resolved()
@@ -83,36 +74,15 @@ def grokking(
     fig_dir = figures or out / "figures"
     try:
         if sweep_values is not None:
-            sweep, runs = sweep_fractions(cfg, sweep_values, out, db=db, workers=workers, console=err_console)
-            _print_runs(runs)
-            if sweep.critical_frac is not None:
-                n_crit = int(sweep.table.loc[sweep.table.train_frac == sweep.critical_frac, "n_train"].iloc[0])
-                below = (f"; {sweep.largest_failed_frac:g} did not" if sweep.largest_failed_frac is not None else "")
-                console.print(f"critical training fraction ≈ {sweep.critical_frac:g} ({n_crit:,} pairs) within "
-                              f"{sweep.max_epochs:,} epochs{below}", highlight=False)
-            else:
-                console.print(f"no fraction generalised within {sweep.max_epochs:,} epochs", highlight=False)
-            path = figs.grokking_fraction_sweep(sweep, runs, fig_dir / f"sweep-{runs[0].run_id}.png")
-            _record_figure(db, None, path)
-            console.print(f"figure {path}")
-            return
-        if compare_grokfast:
-            result, runs = compare(cfg, out, db=db, workers=workers, console=err_console)
-            _print_runs(runs)
-            ratio = result["epoch_speedup"]
-            console.print("Grokfast speed-up in epochs to generalise: "
-                          + (f"{ratio:.2f}x" if ratio else "undefined (one of the runs did not generalise)"),
-                          highlight=False)
-            secs = [r.seconds_to_generalise for r in runs]
-            if all(secs):
-                console.print(f"training seconds to generalise: {secs[0]:.1f} without, {secs[1]:.1f} with Grokfast "
-                              "(each measured when its run trained; compare only runs trained under the same load)",
-                              highlight=False)
-            path = figs.grokking_grokfast(runs[0], runs[1], fig_dir / f"grokfast-{runs[0].run_id}.png")
-            _record_figure(db, None, path)
-            console.print(f"figure {path}")
-            return
-        run = _train_one(cfg, out / cfg.run_id, db, quiet, train_grokking)
+            sweep, runs = grok.sweep_fractions(cfg, sweep_values, out, db=db, workers=workers, figures=fig_dir,
+                                               console=err_console)
+            lines, paths = grok.sweep_lines(sweep), sweep.figures
+        elif compare_grokfast:
+            result, runs = grok.compare_grokfast(cfg, out, db=db, workers=workers, figures=fig_dir, console=err_console)
+            lines, paths = grok.grokfast_lines(result, runs), result["figures"]
+        else:
+            runs = [_train_one(cfg, out / cfg.run_id, db, fig_dir, quiet)]
+            lines, paths = grok.run_lines(runs[0]), runs[0].figures
     except Interrupted as exc:
         err_console.print(f"stopped at epoch {exc.step}; run the same command again to continue", highlight=False)
         raise typer.Exit(130)
@@ -122,28 +92,21 @@ def grokking(
     except KeyboardInterrupt:  # a sweep or comparison: finished runs are kept
         err_console.print("stopped; run the same command again to continue (finished runs are kept)")
         raise typer.Exit(130)
-    _print_runs([run])
-    s = run.summary()
-    if run.memorised_epoch and run.generalised_epoch:
-        console.print(f"memorised at epoch {run.memorised_epoch:,}, generalised at epoch {run.generalised_epoch:,} "
-                      f"({run.generalised_epoch / run.memorised_epoch:.1f}x later, {s['seconds_to_generalise']:.1f} s "
-                      f"of training); lowest test accuracy on the plateau {s['plateau_min_test_acc']:.4f} "
-                      f"(chance {s['chance_acc']:.4f})", highlight=False)
-    if run.key_frequencies:
-        console.print(f"key frequencies {run.key_frequencies}; final Fourier sparsity "
-                      f"{s['final_fourier_sparsity']:.2f} (top {cfg.fourier_top}), weight norm "
-                      f"{run.history.weight_norm.iloc[0]:.1f} -> {s['final_weight_norm']:.1f}", highlight=False)
-    path = figs.grokking_curves(run, fig_dir / f"{run.run_id}.png")
-    _record_figure(db, run.run_id, path)
-    console.print(f"run {run.run_id} in {run.out_dir}; figure {path}; results in {db}")
+    _print_runs(runs)
+    for line in lines:
+        console.print(line, highlight=False)
+    where = f"run {runs[0].run_id} in {runs[0].out_dir}; " if len(runs) == 1 else ""
+    console.print(f"{where}figure {', '.join(map(str, paths))}; results in {db}")
 
 
-def _train_one(cfg, out_dir: Path, db: Path, quiet: bool, train):
+def _train_one(cfg, out_dir: Path, db: Path, figures: Path, quiet: bool):
     """One run with a progress bar over epochs showing train/test accuracy."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from scalinglab.probes.grokking import train_grokking
+
     if quiet:
-        return train(cfg, out_dir, db=db)
+        return train_grokking(cfg, out_dir, db=db, figures=figures)
     progress = Progress(TextColumn("[bold]grokking"), BarColumn(), TextColumn("epoch {task.completed:,.0f}/{task.total:,.0f}"),
                         TextColumn("train {task.fields[train]} test {task.fields[test]}"), TimeElapsedColumn(),
                         console=err_console)
@@ -154,7 +117,7 @@ def _train_one(cfg, out_dir: Path, db: Path, quiet: bool, train):
             progress.update(task, completed=record["epoch"], train=f"{record['train_acc']:.3f}",
                             test=f"{record['test_acc']:.3f}")
 
-        return train(cfg, out_dir, db=db, progress=update)
+        return train_grokking(cfg, out_dir, db=db, progress=update, figures=figures)
 
 
 def _print_runs(runs) -> None:
@@ -203,7 +166,6 @@ def repetition(
     from scalinglab.config import build_run_config
     from scalinglab.corpus import prepare_corpus
     from scalinglab.probes.repetition import RepetitionConfig, parse_epochs, parse_junk, run_repetition, summary_lines
-    from scalinglab.report import phase as figs
     from scalinglab.store import open_store
     from scalinglab.train import Interrupted
 
@@ -224,16 +186,15 @@ def repetition(
     err_console.print(f"preparing corpus {base.corpus.source!r} ({base.corpus.tokenizer})...", highlight=False)
     prepared = prepare_corpus(base.corpus, cache_dir)
     try:
-        result = run_repetition(cfg, prepared, db=db, out_root=out, workers=workers, console=err_console)
+        result = run_repetition(cfg, prepared, db=db, out_root=out, workers=workers,
+                                figures=figures or out / "figures", console=err_console)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("stopped; run the same command again to continue (finished runs are kept)")
         raise typer.Exit(130)
     _print_repetition(result)
     for line in summary_lines(result):
         console.print(line, highlight=False)
-    path = figs.repetition_figure(result, (figures or out / "figures") / f"repetition-{result.key}.png")
-    _record_figure(db, None, path)
-    console.print(f"figure {path}; results in {db} (probe:repetition {result.key})")
+    console.print(f"figure {result.figures[0]}; results in {db} (probe:repetition {result.key})")
 
 
 def _print_repetition(result) -> None:
@@ -275,7 +236,6 @@ def facts_rules(
 
     from scalinglab.config import build_config
     from scalinglab.probes.facts_rules import FactsRulesConfig, parse_items, run_facts_rules, summary_lines
-    from scalinglab.report import phase as figs
     from scalinglab.store import open_store
     from scalinglab.train import Interrupted
 
@@ -286,7 +246,8 @@ def facts_rules(
                        batch_size=batch_size, seed=seed)
     open_store(db)
     try:
-        result = run_facts_rules(cfg, out, db=db, workers=workers, console=err_console)
+        result = run_facts_rules(cfg, out, db=db, workers=workers, figures=figures or out / "figures",
+                                 console=err_console)
     except (KeyboardInterrupt, Interrupted):
         err_console.print("stopped; run the same command again to continue (finished fits are kept)")
         raise typer.Exit(130)
@@ -298,6 +259,4 @@ def facts_rules(
     console.print(table)
     for line in summary_lines(result):
         console.print(line, highlight=False)
-    path = figs.facts_rules_figure(result, (figures or out / "figures") / f"facts-rules-{cfg.key()}.png")
-    _record_figure(db, None, path)
-    console.print(f"figure {path}; results in {db} (probe:facts-rules {cfg.key()})")
+    console.print(f"figure {result.figures[0]}; results in {db} (probe:facts-rules {cfg.key()})")

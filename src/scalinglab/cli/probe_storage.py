@@ -48,7 +48,6 @@ def capacity(
     """Memorisation capacity in bits per parameter on uniformly random sequences (Morris et al. 2025)."""
     from scalinglab.config import build_config
     from scalinglab.probes.capacity import CapacityConfig, parse_models, run_capacity
-    from scalinglab.report.storage import capacity_figures
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -57,8 +56,8 @@ def capacity(
                        data_bits_per_param=_numbers(bits_per_param, "--bits-per-param") if bits_per_param else None,
                        max_batch_tokens=batch_tokens, seed=seed, device=device)
     _check_db(db)
-    result = run_capacity(cfg, out, db, workers=workers, console=err_console)
-    paths = capacity_figures(result, figures or out / "figures")
+    result = run_capacity(cfg, out, db, workers=workers, figures=figures or out / "figures", console=err_console)
+    paths = result.figures
     _print_capacity(result)
     console.print(f"figures: {', '.join(str(p) for p in paths)}; summary stored in {db} "
                   f"(kind probe:capacity, key {cfg.key()})", highlight=False)
@@ -125,7 +124,6 @@ def memorisation(
 
     from scalinglab.config import build_config
     from scalinglab.probes.memorisation import MemorisationConfig, run_memorisation
-    from scalinglab.report.storage import memorisation_figures
 
     if workers < 1:
         raise UserError(f"--workers must be >= 1, got {workers}")
@@ -137,8 +135,9 @@ def memorisation(
         cfg = dataclasses.replace(cfg, size=None)
     cfg.corpus.validate()
     _check_db(db)
-    result = run_memorisation(cfg, out, db, workers=workers, cache_dir=cache_dir, study=study, console=err_console)
-    paths = memorisation_figures(result, figures or out / "figures")
+    result = run_memorisation(cfg, out, db, workers=workers, cache_dir=cache_dir, study=study,
+                              figures=figures or out / "figures", console=err_console)
+    paths = result.figures
     _print_memorisation(result)
     console.print(f"figures: {', '.join(str(p) for p in paths)}; summary stored in {db} "
                   f"(kind probe:memorization, key {cfg.key()})", highlight=False)

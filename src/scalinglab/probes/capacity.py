@@ -53,7 +53,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -346,6 +346,7 @@ class CapacityResult:
     models: "pd.DataFrame"  # noqa: F821
     fit: AlphaFit
     fit_nonembedding: AlphaFit
+    figures: list[Path] = field(default_factory=list)
 
     @property
     def cpu_time(self) -> float:
@@ -426,11 +427,12 @@ def capacity_jobs(cfg: CapacityConfig, out_dir: Path, db: Path | None) -> list[C
 
 
 def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None = None, *, workers: int = 2,
-                 console=None) -> CapacityResult:
+                 figures: Path | str | None = None, console=None) -> CapacityResult:
     """Run (or resume) every (model, data set) fit, fit α and store the summary.
 
     Finished fits are loaded from `out_dir`, never retrained. With `db`, every fit is a run of
-    kind "probe:capacity" and the summary a result of that kind (key: the config's hash)."""
+    kind "probe:capacity" and the summary a result of that kind (key: the config's hash).
+    `figures`: a folder to draw the figures in (recorded in the store with `db`)."""
     import pandas as pd
 
     out_dir = Path(out_dir)
@@ -461,6 +463,11 @@ def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None
                                                        models["capacity_bits"].to_numpy(), "non_embedding"))
     if store is not None:
         put_probe_result(store, PROBE, cfg.key(), result.summary())
+    if figures is not None:
+        from scalinglab.report.figures import record
+        from scalinglab.report.storage import capacity_figures
+
+        result.figures = record(capacity_figures(result, figures), db_path)
     return result
 
 

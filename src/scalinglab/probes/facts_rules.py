@@ -277,6 +277,7 @@ class FactsRulesResult:
     capacity_alpha: float | None
     capacity_source: str | None
     notes: list[str] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
 
     @property
     def capacity_bits(self) -> float | None:
@@ -297,8 +298,9 @@ class FactsRulesResult:
 
 
 def run_facts_rules(cfg: FactsRulesConfig, out_root: Path | str, *, db: Path | str | None = None, workers: int = 1,
-                    console=None) -> FactsRulesResult:
-    """One fit per dataset size (resumable; finished fits are loaded), then the summary."""
+                    figures: Path | str | None = None, console=None) -> FactsRulesResult:
+    """One fit per dataset size (resumable; finished fits are loaded), then the summary, and with
+    `figures` a folder to draw its figure in (recorded in the store with `db`)."""
     out_root = Path(out_root)
     jobs = [_Job(cfg, d, str(out_root / _fit_dir(cfg, d)), None if db is None else str(db)) for d in cfg.items]
     # Largest first: with several workers the longest fits start early.
@@ -324,6 +326,11 @@ def run_facts_rules(cfg: FactsRulesConfig, out_root: Path | str, *, db: Path | s
                               capacity_source=source, notes=notes)
     if db is not None:
         put_probe_result(open_store(db), PROBE, cfg.key(), result.to_dict())
+    if figures is not None:
+        from scalinglab.report.figures import record
+        from scalinglab.report.phase import facts_rules_figure
+
+        result.figures = record([facts_rules_figure(result, Path(figures) / f"facts-rules-{cfg.key()}.png")], db)
     return result
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -197,6 +197,7 @@ class GrokRun:
     measures: pd.DataFrame | None
     key_frequencies: list[int]
     spectrum: list[float]
+    figures: list[Path] = field(default_factory=list)
 
     @property
     def memorised_epoch(self) -> int | None:
@@ -310,8 +311,9 @@ class _ProgressReporter(engine.Reporter):
 
 def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | None = None,
                    progress: Callable[[dict], None] | None = None, stop_at_epoch: int | None = None,
-                   on_step: Callable[[int, float], None] | None = None) -> GrokRun:
-    """Train (or resume, or just load) one grokking run in `out_dir`; record it in `db`.
+                   on_step: Callable[[int, float], None] | None = None, figures: Path | str | None = None) -> GrokRun:
+    """Train (or resume, or just load) one grokking run in `out_dir`; record it in `db`; with
+    `figures`, draw its curves there (recorded in the store).
 
     progress(record) is called after every evaluation with the history row plus "max_epochs".
     stop_at_epoch ends the call early with status "stopped" (the run stays resumable);
@@ -358,7 +360,27 @@ def train_grokking(cfg: GrokConfig, out_dir: Path | str, *, db: Path | str | Non
         store.upsert_run(run_id, message=message)
         put_probe_result(store, PROBE, run_id, {**run.summary(), "spectrum": run.spectrum,
                                                 "measures": measures.to_dict("records")}, run_id=run_id)
+    if figures is not None:
+        from scalinglab.report.figures import record
+        from scalinglab.report.phase import grokking_curves
+
+        run.figures = record([grokking_curves(run, Path(figures) / f"{run_id}.png")], db, run_id)
     return run
+
+
+def run_lines(run: GrokRun) -> list[str]:
+    """What one run found, in plain sentences."""
+    s, lines = run.summary(), []
+    if run.memorised_epoch and run.generalised_epoch:
+        lines.append(f"memorised at epoch {run.memorised_epoch:,}, generalised at epoch {run.generalised_epoch:,} "
+                     f"({run.generalised_epoch / run.memorised_epoch:.1f}x later, {s['seconds_to_generalise']:.1f} s "
+                     f"of training); lowest test accuracy on the plateau {s['plateau_min_test_acc']:.4f} "
+                     f"(chance {s['chance_acc']:.4f})")
+    if run.key_frequencies:
+        lines.append(f"key frequencies {run.key_frequencies}; final Fourier sparsity {s['final_fourier_sparsity']:.2f} "
+                     f"(top {run.config.fourier_top}), weight norm {run.history.weight_norm.iloc[0]:.1f} -> "
+                     f"{s['final_weight_norm']:.1f}")
+    return lines
 
 
 def _generalised_and_shown(history: list[dict], cfg: GrokConfig) -> bool:
@@ -470,6 +492,7 @@ class FractionSweep:
     max_epochs: int
     critical_frac: float | None
     largest_failed_frac: float | None
+    figures: list[Path] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"table": self.table.to_dict("records"), "max_epochs": self.max_epochs,
@@ -477,8 +500,10 @@ class FractionSweep:
 
 
 def sweep_fractions(base: GrokConfig, fractions: Sequence[float], out_root: Path | str, *,
-                    db: Path | str | None = None, workers: int = 1, console=None) -> tuple[FractionSweep, list[GrokRun]]:
-    """One run per training fraction (otherwise `base`); finds the critical data size."""
+                    db: Path | str | None = None, workers: int = 1, figures: Path | str | None = None,
+                    console=None) -> tuple[FractionSweep, list[GrokRun]]:
+    """One run per training fraction (otherwise `base`); finds the critical data size. With
+    `figures`, draws the sweep there (recorded in the store)."""
     if not fractions:
         raise UserError("--fractions needs at least one fraction, e.g. 0.2,0.3,0.4,0.5")
     configs = [dataclasses.replace(base, train_frac=float(f)).resolved() for f in sorted(set(fractions))]
@@ -495,7 +520,23 @@ def sweep_fractions(base: GrokConfig, fractions: Sequence[float], out_root: Path
         key = "sweep-" + config_hash({**configs[0].identity(), "train_frac": sorted(table.train_frac.tolist()),
                                       "max_epochs": configs[0].max_epochs})
         put_probe_result(open_store(db), PROBE, key, {"base": dataclasses.asdict(configs[0]), **sweep.to_dict()})
+    if figures is not None:
+        from scalinglab.report.figures import record
+        from scalinglab.report.phase import grokking_fraction_sweep
+
+        path = grokking_fraction_sweep(sweep, runs, Path(figures) / f"sweep-{runs[0].run_id}.png")
+        sweep.figures = record([path], db)
     return sweep, runs
+
+
+def sweep_lines(sweep: FractionSweep) -> list[str]:
+    """The critical training fraction in a sentence."""
+    if sweep.critical_frac is None:
+        return [f"no fraction generalised within {sweep.max_epochs:,} epochs"]
+    n_crit = int(sweep.table.loc[sweep.table.train_frac == sweep.critical_frac, "n_train"].iloc[0])
+    below = f"; {sweep.largest_failed_frac:g} did not" if sweep.largest_failed_frac is not None else ""
+    return [f"critical training fraction ≈ {sweep.critical_frac:g} ({n_crit:,} pairs) within "
+            f"{sweep.max_epochs:,} epochs{below}"]
 
 
 def critical_fraction(table: pd.DataFrame) -> tuple[float | None, float | None]:
@@ -509,8 +550,9 @@ def critical_fraction(table: pd.DataFrame) -> tuple[float | None, float | None]:
 
 
 def compare_grokfast(base: GrokConfig, out_root: Path | str, *, db: Path | str | None = None, workers: int = 1,
-                     console=None) -> tuple[dict, list[GrokRun]]:
-    """The same run with and without Grokfast: epochs and seconds to generalise, and their ratio."""
+                     figures: Path | str | None = None, console=None) -> tuple[dict, list[GrokRun]]:
+    """The same run with and without Grokfast: epochs and seconds to generalise, and their ratio
+    (with `figures`, the two runs' curves drawn there and recorded)."""
     plain = dataclasses.replace(base, grokfast=False).resolved()
     fast = dataclasses.replace(base, grokfast=True).resolved()
     runs = run_many([plain, fast], out_root, db=db, workers=workers, console=console)
@@ -521,4 +563,21 @@ def compare_grokfast(base: GrokConfig, out_root: Path | str, *, db: Path | str |
            "max_epochs": plain.max_epochs}
     if db is not None:
         put_probe_result(open_store(db), PROBE, "grokfast-" + config_hash(plain.identity()), out)
+    if figures is not None:
+        from scalinglab.report.figures import record
+        from scalinglab.report.phase import grokking_grokfast
+
+        out["figures"] = record([grokking_grokfast(p, g, Path(figures) / f"grokfast-{p.run_id}.png")], db)
     return out, runs
+
+
+def grokfast_lines(result: dict, runs: Sequence[GrokRun]) -> list[str]:
+    """The Grokfast comparison in sentences."""
+    ratio = result["epoch_speedup"]
+    lines = ["Grokfast speed-up in epochs to generalise: "
+             + (f"{ratio:.2f}x" if ratio else "undefined (one of the runs did not generalise)")]
+    secs = [r.seconds_to_generalise for r in runs]
+    if all(secs):
+        lines.append(f"training seconds to generalise: {secs[0]:.1f} without, {secs[1]:.1f} with Grokfast (each "
+                     "measured when its run trained; compare only runs trained under the same load)")
+    return lines

@@ -419,6 +419,7 @@ class MemorisationResult:
     capacity_bits: float  # alpha x P of the probe's model
     P: int
     N: int
+    figures: list[Path] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
@@ -455,8 +456,10 @@ def resolve_alpha(store, cfg: MemorisationConfig) -> tuple[float, str]:
 
 
 def run_memorisation(cfg: MemorisationConfig, out_dir: Path | str, db: Path | str, *, workers: int = 2,
-                     cache_dir: Path | None = None, study: str | None = None, console=None) -> MemorisationResult:
-    """Train (or resume) every model and reference, score them, and store the summary."""
+                     cache_dir: Path | None = None, study: str | None = None, figures: Path | str | None = None,
+                     console=None) -> MemorisationResult:
+    """Train (or resume) every model and reference, score them, and store the summary; with
+    `figures`, draw the figures there (recorded in the store)."""
     import pandas as pd
 
     from scalinglab.store import open_store
@@ -501,6 +504,11 @@ def run_memorisation(cfg: MemorisationConfig, out_dir: Path | str, db: Path | st
                                 limits=storage_limits(sizes, alpha, bpt), alpha=alpha, alpha_source=source,
                                 bits_per_token=bpt, capacity_bits=capacity, P=p_total, N=n_params)
     put_probe_result(store, PROBE, cfg.key(), result.summary())
+    if figures is not None:
+        from scalinglab.report.figures import record
+        from scalinglab.report.storage import memorisation_figures
+
+        result.figures = record(memorisation_figures(result, figures), db)
     return result
 
 

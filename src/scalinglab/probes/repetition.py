@@ -119,6 +119,7 @@ class RepetitionResult:
     rd_star_fitted: float | None
     notes: list[str] = field(default_factory=list)
     key: str | None = None  # the result's key in the store
+    figures: list[Path] = field(default_factory=list)
 
     def rows(self, role: str) -> pd.DataFrame:
         return self.table[self.table.role == role].sort_values(["epochs", "junk_fraction", "unique_tokens"])
@@ -185,9 +186,9 @@ def _run_job(job: _Job) -> dict:
 # --- the experiment --------------------------------------------------------------------------------
 
 def run_repetition(cfg: RepetitionConfig, corpus: PreparedCorpus, *, db: Path | str, out_root: Path | str,
-                   workers: int = 1, console=None) -> RepetitionResult:
+                   workers: int = 1, figures: Path | str | None = None, console=None) -> RepetitionResult:
     """Train every run not yet done, then compare with the predictions; stored under the result
-    kind "probe:repetition"."""
+    kind "probe:repetition", with its figure drawn in `figures` (and recorded) when given."""
     db, out_root = Path(db), Path(out_root)
     jobs = plan_jobs(cfg, corpus, out_root, db)
     finals = run_parallel(_run_job, jobs, workers=workers, label="repetition", console=console,
@@ -208,6 +209,11 @@ def run_repetition(cfg: RepetitionConfig, corpus: PreparedCorpus, *, db: Path | 
     key = config_hash({"config": cfg.key(), "runs": [job.plan.run_id for job in jobs]})
     result.key = key
     put_probe_result(open_store(db), PROBE, key, result.to_dict())
+    if figures is not None:
+        from scalinglab.report.figures import record
+        from scalinglab.report.phase import repetition_figure
+
+        result.figures = record([repetition_figure(result, Path(figures) / f"repetition-{key}.png")], db)
     return result
 
 

@@ -31,3 +31,16 @@ def save(fig, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def record(paths: list[Path], db: str | Path | None, run_id: str | None = None) -> list[Path]:
+    """Keep drawn figures in the results store (artifacts of kind "figure", with their SHA-256),
+    so that a report finds them; returns the paths."""
+    if db is not None:
+        from scalinglab.store import open_store
+        from scalinglab.train.checkpoint import file_sha256
+
+        store = open_store(db)
+        for path in paths:
+            store.add_artifact(run_id, "figure", path, file_sha256(path))
+    return paths
