@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from scalinglab.cli import compress as _compress  # noqa: F401
-
 # Importing a module registers its subcommands.
+from scalinglab.cli import compress as _compress  # noqa: F401
 from scalinglab.cli import corpus as _corpus  # noqa: F401
 from scalinglab.cli import laws as _laws  # noqa: F401
 from scalinglab.cli import probe as _probe  # noqa: F401

@@ -45,8 +45,9 @@ def fit(
 ) -> None:
     """Fit a scaling law with bootstrap intervals (Approach 3: Huber on log loss, variable projection)."""
     from scalinglab import laws
+    from scalinglab.laws.approaches import compare_approaches
     from scalinglab.laws.forms import get_form
-    from scalinglab.laws.result import COMPUTE_CONVENTION
+    from scalinglab.laws.result import COMPUTE_CONVENTION, compute_note
 
     law_form = get_form(form)
     flops = [parse_number(c, "--at-flops") for c in at_flops]
@@ -69,9 +70,9 @@ def fit(
         result = laws.fit(data, law_form, delta=delta, asymmetry=asymmetry, fixed=fixed, multistart=multistart, seed=seed,
                           bootstrap=bootstrap, bootstrap_by=by, progress=report)
     derived = result.derived(flops=flops, at=points)
-    approaches = _approaches(result) if compare else {}
+    approaches = compare_approaches(result) if compare else {}
     mentions_c = len(derived) and derived["quantity"].str.contains("C").any()  # the allocation exponents and budgets
-    compute = _compute_note(frame if source is None else None, flops_col) if mentions_c or compare or flops_col else None
+    compute = compute_note(frame if source is None else None, flops_col) if mentions_c or compare or flops_col else None
 
     out = result.to_dict(derived=derived)
     out["compute_convention"] = COMPUTE_CONVENTION
@@ -146,28 +147,6 @@ def plan(
 
 
 # -- printing --------------------------------------------------------------------------------
-COMPUTE_BASE = "compute: C = 6·N·D training FLOPs (Kaplan et al. 2020, Hoffmann et al. 2022), the convention the published laws were fitted with"
-STORED_FLOPS = ("scalinglab's stored run FLOPs also count the output layer and attention, "
-                "6(N + d_model·vocab) + 6·n_layer·seq_len·d_model per token (docs/laws.md)")
-COMPUTE_NOTE = f"{COMPUTE_BASE}; {STORED_FLOPS}"
-
-
-def _compute_note(frame, flops_col: str | None) -> str:
-    """The compute convention; for store input, how far the store's own FLOPs for these points are from it."""
-    import numpy as np
-
-    if flops_col:
-        return f"{COMPUTE_BASE}; D was derived from --flops-col {flops_col} as C/(6N)"
-    if frame is None:
-        return COMPUTE_BASE
-    note = COMPUTE_NOTE
-    if "flops_stored" in frame:
-        ratio = frame["flops_stored"].to_numpy(dtype=float) / (6.0 * frame["N"].to_numpy(dtype=float) * frame["D"].to_numpy(dtype=float))
-        ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
-        if ratio.size:
-            spread = f"{ratio.min():.2f}x" if ratio.max() < ratio.min() * 1.005 else f"{ratio.min():.2f}x-{ratio.max():.2f}x"
-            note += f"; for these points the stored FLOPs are {spread} 6·N·D"
-    return note
 
 
 def _print_fit(result, derived, approaches: dict, compute: str | None = None) -> None:
@@ -227,29 +206,6 @@ def _print_fit(result, derived, approaches: dict, compute: str | None = None) ->
     console.print(f"objective {result.objective:.6g}; {'; '.join(parts)}", style="dim")
 
 
-def _approaches(result) -> dict:
-    from scalinglab import laws
-    from scalinglab.laws.approaches import APPROACH2_BIAS_NOTE
-
-    out = {}
-    for name, run in (("approach 1", laws.approach1), ("approach 2", laws.approach2)):
-        try:
-            found = run(result.data)
-        except UserError as exc:
-            out[name] = {"error": str(exc), "notes": [APPROACH2_BIAS_NOTE] if name == "approach 2" else []}
-            continue
-        out[name] = found.to_dict()
-        if name == "approach 2":
-            import pandas as pd
-
-            design = pd.DataFrame({"N": result.data.N, "flops": result.data.flops})
-            try:
-                out[name]["bias_on_this_design"] = laws.approach2_bias(result.law(), design=design).to_dict()
-            except UserError:
-                pass
-    return out
-
-
 def _print_plan(plan, law) -> None:
     from rich.table import Table
 
@@ -266,6 +222,8 @@ def _print_plan(plan, law) -> None:
             row.append(_interval(q.estimate.lo, q.estimate.hi, fmt))
         table.add_row(*row)
     console.print(table)
+    from scalinglab.laws.result import COMPUTE_NOTE
+
     for note in plan.notes:
         console.print(note, style="dim")
     console.print(COMPUTE_NOTE, style="dim")

@@ -214,3 +214,26 @@ def approach2_bias(
         n_opt_error=float(np.median(n_err)), d_opt_error=float(np.median(d_err)),
         tokens_per_param_error=float(np.median(tpp_err)), table=table,
     )
+
+
+def compare_approaches(result) -> dict:
+    """Approaches 1 and 2 (Hoffmann et al.) on a fit's data, each as a dict or its error, with
+    approach 2's bias on this design of runs: what `scalinglab fit --compare` shows."""
+
+    out = {}
+    for name, run in (("approach 1", approach1), ("approach 2", approach2)):
+        try:
+            found = run(result.data)
+        except UserError as exc:
+            out[name] = {"error": str(exc), "notes": [APPROACH2_BIAS_NOTE] if name == "approach 2" else []}
+            continue
+        out[name] = found.to_dict()
+        if name == "approach 2":
+            import pandas as pd
+
+            design = pd.DataFrame({"N": result.data.N, "flops": result.data.flops})
+            try:
+                out[name]["bias_on_this_design"] = approach2_bias(result.law(), design=design).to_dict()
+            except UserError:
+                pass
+    return out

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 # Stored with every saved fit and printed by fit/plan: the compute convention of the derived quantities.
 COMPUTE_CONVENTION = "C = 6·N·D training FLOPs (+ 2·N per inference token)"
+COMPUTE_BASE = "compute: C = 6·N·D training FLOPs (Kaplan et al. 2020, Hoffmann et al. 2022), the convention the published laws were fitted with"
+STORED_FLOPS = ("scalinglab's stored run FLOPs also count the output layer and attention, "
+                "6(N + d_model·vocab) + 6·n_layer·seq_len·d_model per token (docs/laws.md)")
+COMPUTE_NOTE = f"{COMPUTE_BASE}; {STORED_FLOPS}"
 
 
 @dataclass(frozen=True)
@@ -164,3 +168,21 @@ def _clean(d: dict) -> dict:
     """Drop NaN entries (no interval) so the JSON stays valid and small."""
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in d.items()
             if not (isinstance(v, (float, np.floating)) and not np.isfinite(v))}
+
+
+def compute_note(frame, flops_col: str | None) -> str:
+    """The compute convention; for store input, how far the store's own FLOPs for these points are from it."""
+    import numpy as np
+
+    if flops_col:
+        return f"{COMPUTE_BASE}; D was derived from --flops-col {flops_col} as C/(6N)"
+    if frame is None:
+        return COMPUTE_BASE
+    note = COMPUTE_NOTE
+    if "flops_stored" in frame:
+        ratio = frame["flops_stored"].to_numpy(dtype=float) / (6.0 * frame["N"].to_numpy(dtype=float) * frame["D"].to_numpy(dtype=float))
+        ratio = ratio[np.isfinite(ratio) & (ratio > 0)]
+        if ratio.size:
+            spread = f"{ratio.min():.2f}x" if ratio.max() < ratio.min() * 1.005 else f"{ratio.min():.2f}x-{ratio.max():.2f}x"
+            note += f"; for these points the stored FLOPs are {spread} 6·N·D"
+    return note
