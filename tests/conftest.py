@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fnmatch
+import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,3 +71,28 @@ def run_cli(monkeypatch, capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """File names (glob patterns) whose atomic writes fail as on a full filesystem."""
+    patterns: list[str] = []
+    doomed: set[int] = set()
+    real_mkstemp, real_fsync = tempfile.mkstemp, os.fsync
+
+    def mkstemp(suffix=None, prefix=None, dir=None, text=False):
+        fd, name = real_mkstemp(suffix=suffix, prefix=prefix, dir=dir, text=text)
+        target = (prefix or "").strip(".")
+        doomed.discard(fd)  # descriptor numbers are reused: only the file just made counts
+        if any(fnmatch.fnmatch(target, p) for p in patterns):
+            doomed.add(fd)
+        return fd, name
+
+    def fsync(fd: int) -> None:
+        if fd in doomed:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return patterns

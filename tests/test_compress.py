@@ -315,3 +315,12 @@ def test_an_archive_decodes_in_a_fresh_process(comp, trained, text, tmp_path):
                            "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert restored.read_bytes() == text[:3000]
+
+
+def test_an_archive_on_a_full_disk_is_one_line_and_leaves_nothing(run_cli, trained, tmp_path, full_disk):
+    source = tmp_path / "text.txt"
+    source.write_text("def f(x):\n    return x + 1\n" * 40)
+    full_disk.append("text.slz")
+    code, _, err = run_cli("compress", trained, source, tmp_path / "text.slz", "--quiet")
+    assert code == 2 and "no space left to write" in err and "Traceback" not in err
+    assert not [p.name for p in tmp_path.iterdir() if "slz" in p.name]  # no partial archive

@@ -98,8 +98,18 @@ def test_branch_bookkeeping(text_corpus, tmp_path):
         if m.start_step < size.trunk_steps:
             assert log[0] == read_loss_log(trunk.out_dir)[m.start_step]
     assert result.csv.exists() and all(p.exists() for p in result.figures)
+    # each snapshot went once its branch was done (a full optimizer state each), from disk and store
+    assert not list(trunk.out_dir.glob("snap-*.pt"))
+    assert not [a for a in store.artifacts(trunk.key) if a["kind"] == "snapshot"]
     spent = (size.trunk_steps + sum(m.branch_steps for m in size.milestones)) * size.batch_tokens * size.flops_per_token
     assert study.grid.total_flops == pytest.approx(spent)
+
+
+def test_keep_snapshots_keeps_them(text_corpus, tmp_path):
+    study = prepare_study(tiny_study(text_corpus, sizes=["3e3"]), tmp_path / "s.db", tmp_path / "out")
+    execute(study, keep_snapshots=True)
+    trunk = study.runs.trunks[study.grid.sizes[0].label]
+    assert len(list(trunk.out_dir.glob("snap-*.pt"))) == len({m.start_step for m in study.grid.sizes[0].milestones})
 
 
 def test_a_diverged_trunk_is_recorded_and_the_study_goes_on(text_corpus, tmp_path):

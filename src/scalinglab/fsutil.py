@@ -6,6 +6,7 @@ share one), is flushed to disk, then renamed over the target in one step.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,38 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
+
+from scalinglab.errors import UserError
+
+LOW_SPACE = 64 * 2**20  # bytes: below this, a failed write is taken for a full disk
+
+
+def out_of_space(path: str | Path, exc: BaseException) -> UserError | None:
+    """The one-line error for a write to `path` that failed because its filesystem is full (or
+    over quota), else None. PyTorch reports a full disk as a RuntimeError ("unexpected pos"), so
+    such an error counts when little space is left."""
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not full and isinstance(exc, RuntimeError):
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < LOW_SPACE
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return UserError(f"no space left to write {path}; free space and rerun: a run resumes from its last checkpoint "
+                     "and nothing already stored is lost")
+
+
+@contextmanager
+def disk_errors(path: str | Path) -> Iterator[None]:
+    """Turn a full disk while writing `path` (appends, which cannot be atomic) into one line."""
+    try:
+        yield
+    except OSError as exc:
+        full = out_of_space(path, exc)
+        if full is None:
+            raise
+        raise full from None
 
 
 @contextmanager
@@ -30,6 +63,11 @@ def atomic_open(path: str | Path, suffix: str = ".tmp") -> Iterator[BinaryIO]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        full = out_of_space(path, exc)
+        if full is None:
+            raise
+        raise full from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -141,6 +141,10 @@ class Store:
                 raise UserError(
                     f"{self.path} is not a scalinglab results store ({exc}); pass another --db"
                 ) from None
+            if "disk is full" in str(exc) or "disk I/O error" in str(exc):
+                # the transaction was rolled back: the store holds what it held before
+                raise UserError(f"no space left to write the results store {self.path}; free space and rerun "
+                                "(nothing already stored is lost)") from None
             raise
         finally:
             con.close()
@@ -247,6 +251,11 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (run_id, kind, str(path.resolve()), sha256, path.stat().st_size, step, time.time()),
             )
+
+    def drop_artifact(self, path: Path) -> None:
+        """Forget an artifact whose file was deleted (e.g. a snapshot no branch needs any more)."""
+        with self.connect() as con:
+            con.execute("DELETE FROM artifacts WHERE path = ?", (str(Path(path).resolve()),))
 
     def artifacts(self, run_id: str | None = None) -> list[dict]:
         with self.connect() as con:

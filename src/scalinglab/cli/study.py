@@ -16,15 +16,17 @@ def print_grid(study) -> None:
     from rich.table import Table
 
     grid = study.grid
+    from scalinglab.study.grid import peak_memory
+
     table = Table("N (non-emb)", "shape", "batch", "lr", "warmup", "milestones (tokens/param)", "largest D",
-                  "est. tok/s", title=f"study {study.study_id}: budget {grid.budget.describe()}, "
+                  "est. tok/s", "memory/run", title=f"study {study.study_id}: budget {grid.budget.describe()}, "
                   f"{study.config.workers} workers, cooldown {study.config.cooldown_frac:.0%} {study.config.cooldown_shape}")
     for s in grid.sizes:
         largest = max(m.end_step for m in s.milestones) * s.batch_tokens
         table.add_row(
             f"{s.n:,}", f"{s.model.n_layer}x{s.model.d_model}", f"{s.batch_size}x{s.seq_len}", f"{s.lr:.2e}",
             str(s.warmup), " ".join(f"{m.tpp:.3g}" for m in s.milestones), human(largest),
-            human(s.tokens_per_s) if s.tokens_per_s else "-",
+            human(s.tokens_per_s) if s.tokens_per_s else "-", f"{peak_memory(study.config, s).total / 2**20:,.0f} MiB",
         )
     console.print(table)
     estimate = grid.estimate_seconds()
@@ -34,6 +36,8 @@ def print_grid(study) -> None:
         + (f", estimated {estimate / 60:.1f} min" if estimate else "")
         + ("" if study.replanned else " (plan reused from the last invocation)")
     )
+    console.print(f"writes up to {study.disk_bytes / 2**20:,.0f} MiB of checkpoints and snapshots to {study.study_dir} "
+                  "(a trunk's snapshots are deleted as their branches finish; --keep-snapshots keeps them)")
     if grid.max_epochs > 1:
         console.print(f"the largest D needs {grid.max_epochs:.2f} epochs over {grid.unique_train_tokens:,} unique "
                       "train tokens: data will repeat, and each point records its epoch count")
@@ -99,6 +103,7 @@ def study(
     name: Optional[str] = typer.Option(None, help="Study name (default: the preset's)."),
     no_repeat: bool = typer.Option(False, "--no-repeat", help="Stop if the largest D would repeat data."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned grid and stop."),
+    keep_snapshots: bool = typer.Option(False, "--keep-snapshots", help="Keep each trunk snapshot after its branches finish."),
     fit_from: float = typer.Option(20.0, "--fit-from", help="Fit L(D) per N over the points at and past this many tokens/param."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP + " Applied over the preset."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -135,7 +140,7 @@ def study(
         return
     try:
         with StudyProgress(prepared.runs.tasks) as bar:
-            tasks = execute(prepared, on_tick=bar.tick)
+            tasks = execute(prepared, on_tick=bar.tick, keep_snapshots=keep_snapshots)
     except KeyboardInterrupt:
         err_console.print("study interrupted; the running runs saved checkpoints. Rerun the same command to resume.")
         raise typer.Exit(130)

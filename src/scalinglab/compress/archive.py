@@ -152,8 +152,15 @@ class Compressor:
 
 def load_compressor(path: str | Path) -> Compressor:
     """A run directory or `.pt` checkpoint as a `Compressor` (CPU, float32, eval mode)."""
-    from scalinglab.train.checkpoint import load_model, tokenizer_from_checkpoint
+    from scalinglab.compress.lm import BATCH_BUDGET_BYTES
+    from scalinglab.resources import available_memory, gib
+    from scalinglab.train.checkpoint import load_model, resolve_checkpoint, tokenizer_from_checkpoint
 
+    # the checkpoint is read whole (weights and optimizer state), then a batch's key/value cache
+    need = 2 * resolve_checkpoint(path).stat().st_size + BATCH_BUDGET_BYTES
+    if need > available_memory("cpu"):
+        raise UserError(f"compressing with {path} needs ~{gib(need)} of memory but {gib(available_memory('cpu'))} "
+                        "is available; free memory or use a smaller model")
     try:
         model, payload = load_model(path)
         tokenizer = tokenizer_from_checkpoint(payload)

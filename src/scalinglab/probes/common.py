@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from scalinglab.config import OptimConfig, config_hash
 from scalinglab.errors import UserError
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token
+from scalinglab.resources import check_memory, training_memory
 from scalinglab.store import Store, open_store
 from scalinglab.train import engine
 from scalinglab.train.engine import Diverged, Interrupted, keep_torch_threads
@@ -317,6 +318,10 @@ def fit_sequences(
         "identity": identity or {},
     }
     run_id = f"{record.probe if record else 'fit'}-{config_hash(config)}"
+    batch = data.shape[0] if recipe.batch_size is None else min(recipe.batch_size, data.shape[0])
+    check_memory({f"a {model_cfg.n_layer}x{model_cfg.d_model} fit on {batch} sequences of {data.shape[1]}":
+                  training_memory(model_cfg, batch, data.shape[1] - 1)},
+                 device="cuda" if recipe.device.startswith("cuda") else "cpu")
     task = SequenceTask(model_cfg, data, mask, recipe, evaluate, stop_when)
     store, row = None, {}
     if record is not None:

@@ -19,13 +19,16 @@ def pyplot():
     return plt
 
 
-def save(fig, path: str | Path) -> Path:
-    """Save `fig` to `path` (creating its folder) and close it."""
+def save(fig, path: str | Path, dpi: int = DPI) -> Path:
+    """Save `fig` to `path` (creating its folder) and close it; written whole or not at all."""
+    from scalinglab.fsutil import atomic_open
+
     path = Path(path)
     plt = pyplot()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI)
+        with atomic_open(path, suffix=path.suffix) as fh:
+            fig.savefig(fh, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     except OSError as exc:
         raise UserError(f"cannot write the figure {path}: {exc.strerror}; choose another output folder") from None
     finally:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
+from scalinglab.report.figures import save
+
 if TYPE_CHECKING:
     from scalinglab.probes.facts_rules import FactsRulesResult
     from scalinglab.probes.grokking import FractionSweep, GrokRun
@@ -28,12 +30,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return path
+    return save(fig, path, dpi=120)
 
 
 def _label_log_axis(axis, values) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scalinglab.report.figures import save
+
 
 def _plt():
     import matplotlib
@@ -17,11 +19,8 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    _plt().close(fig)
-    return path
+    return save(fig, path, dpi=130)
 
 
 def _log_x(ax) -> None:

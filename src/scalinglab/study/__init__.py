@@ -23,10 +23,19 @@ import pandas as pd
 from scalinglab.config import config_hash
 from scalinglab.corpus.prepare import PreparedCorpus, prepare_corpus
 from scalinglab.errors import UserError
+from scalinglab.resources import check_disk, checkpoint_bytes
 from scalinglab.store import open_store
 from scalinglab.study.analysis import FIT_FROM_TPP, DataFit, fit_per_n, study_points, summary_rows, trunk_points
-from scalinglab.study.grid import Grid, StudyConfig, parse_budget, plan_grid, size_plan, study_preset
-from scalinglab.study.runner import StudyRuns, Task, build_tasks, run_tasks
+from scalinglab.study.grid import (
+    Grid,
+    StudyConfig,
+    check_study_memory,
+    parse_budget,
+    plan_grid,
+    size_plan,
+    study_preset,
+)
+from scalinglab.study.runner import StudyRuns, Task, build_tasks, run_tasks, steps_done
 
 __all__ = [
     "Grid", "PreparedStudy", "StudyConfig", "StudyResult", "analyse", "execute", "parse_budget", "prepare_study", "run",
@@ -44,6 +53,7 @@ class PreparedStudy:
     grid: Grid
     runs: StudyRuns
     replanned: bool  # False when an earlier invocation's grid was reused
+    disk_bytes: float = 0.0  # what the unfinished runs will still write
 
 
 @dataclass
@@ -99,8 +109,25 @@ def prepare_study(cfg: StudyConfig, db: str | Path, out: str | Path, *, cache_di
             f"the largest D needs {grid.max_epochs:.2f} epochs over the {corpus.unique_train_tokens:,} unique train "
             "tokens; drop --no-repeat to repeat data (recorded per point) or give a larger corpus"
         )
+    check_study_memory(cfg, grid.sizes)
+    runs = build_tasks(grid, study_id, study_dir)
+    disk = disk_to_write(runs)
+    check_disk(disk, study_dir, f"study {study_id}")
     return PreparedStudy(config=cfg, study_id=study_id, study_dir=study_dir, db=Path(db), corpus=corpus, grid=grid,
-                         runs=build_tasks(grid, study_id, study_dir), replanned=replanned)
+                         runs=runs, replanned=replanned, disk_bytes=disk)
+
+
+def disk_to_write(runs: StudyRuns) -> float:
+    """Bytes the unfinished runs will still write: a checkpoint each, and a trunk's snapshots
+    (all of them at once at worst, before their branches finish)."""
+    total = 0.0
+    for task in runs.tasks:
+        if (task.out_dir / "DONE").exists():
+            continue
+        trained = steps_done(task)  # snapshots behind the trunk are written already (or were used and deleted)
+        copies = 1 + sum(s > trained for s in task.plan.snapshot_steps)
+        total += copies * checkpoint_bytes(task.plan.model)
+    return total
 
 
 def _save_plan(study: PreparedStudy) -> None:
@@ -116,7 +143,8 @@ def _save_plan(study: PreparedStudy) -> None:
 
 
 def run(cfg: StudyConfig, db: str | Path = "scalinglab.db", out: str | Path = "study", *,
-        cache_dir: Path | None = None, on_tick=None, fit_from_tpp: float = FIT_FROM_TPP) -> StudyResult:
+        cache_dir: Path | None = None, on_tick=None, fit_from_tpp: float = FIT_FROM_TPP,
+        keep_snapshots: bool = False) -> StudyResult:
     """A whole study from Python, as `scalinglab study` runs it: plan the grid (reusing the last
     plan of the same study), train every run not finished yet, then fit and write the results.
 
@@ -125,14 +153,16 @@ def run(cfg: StudyConfig, db: str | Path = "scalinglab.db", out: str | Path = "s
         result.summary                      # per N: loss at 20 tokens/param and at the largest D, fits
     """
     study = prepare_study(cfg, db, out, cache_dir=cache_dir)
-    execute(study, on_tick=on_tick)
+    execute(study, on_tick=on_tick, keep_snapshots=keep_snapshots)
     return analyse(study, fit_from_tpp=fit_from_tpp)
 
 
-def execute(study: PreparedStudy, on_tick=None) -> list[Task]:
-    """Train every trunk and branch that is not finished yet."""
+def execute(study: PreparedStudy, on_tick=None, keep_snapshots: bool = False) -> list[Task]:
+    """Train every trunk and branch that is not finished yet (deleting each trunk snapshot once
+    its branches are done, unless `keep_snapshots`)."""
     _save_plan(study)
-    return run_tasks(study.runs, study.corpus, study.db, study.config.workers, on_tick=on_tick)
+    return run_tasks(study.runs, study.corpus, study.db, study.config.workers, on_tick=on_tick,
+                     keep_snapshots=keep_snapshots)
 
 
 def analyse(study: PreparedStudy, bootstrap: int = 400, fit_from_tpp: float = FIT_FROM_TPP) -> StudyResult:

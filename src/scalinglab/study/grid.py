@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 
 from scalinglab.config import RunConfig
 from scalinglab.corpus.prepare import CorpusConfig, PreparedCorpus
+from scalinglab.device import resolved_precision
 from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, count_params, flops_per_token, preset, shape_for_params
+from scalinglab.resources import MemoryEstimate, check_memory, training_memory
 from scalinglab.train import hparams
 
 CHINCHILLA_TPP = 20.0
@@ -290,6 +292,20 @@ def measure_throughput(plan: SizePlan, device: str, dtype: str, steps: int = 4) 
     return steps * plan.batch_tokens / (time.perf_counter() - t0)
 
 
+def peak_memory(cfg: StudyConfig, size: SizePlan) -> MemoryEstimate:
+    """Peak memory of one of the study's training processes for this size."""
+    _, dtype = resolved_precision(cfg.device, cfg.dtype)
+    return training_memory(size.model, size.batch_size, size.seq_len, bf16=dtype == "bfloat16")
+
+
+def check_study_memory(cfg: StudyConfig, sizes: list[SizePlan]) -> None:
+    """Refuse, before any model is built, a study whose largest run times the workers sharing the
+    machine (or the GPU) cannot fit; the message names the sizes that would."""
+    device_type, _ = resolved_precision(cfg.device, cfg.dtype)
+    estimates = {f"N = {s.n:,} ({s.label})": peak_memory(cfg, s) for s in sizes}
+    check_memory(estimates, processes=cfg.workers, device=device_type)
+
+
 # Evaluation, process start-up and checkpoints cost time the step probe does not see.
 OVERHEAD = 1.25
 
@@ -311,6 +327,7 @@ def plan_grid(cfg: StudyConfig, corpus: PreparedCorpus, *, probe: bool = True) -
     # every size starts at the 20:1 milestone, the least a data-scaling study should reach
     doublings = {label: 0 for label in labels}
     plans = {label: size_plan(cfg, label, corpus.vocab_size, 0) for label in labels}
+    check_study_memory(cfg, list(plans.values()))
     if probe and budget.seconds is not None:
         for plan in plans.values():
             plan.tokens_per_s = measure_throughput(plan, cfg.device, cfg.dtype) / OVERHEAD

@@ -136,9 +136,11 @@ def steps_done(task: Task) -> int:
         return 0
 
 
-def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, on_tick=None) -> list[Task]:
+def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, on_tick=None,
+              keep_snapshots: bool = False) -> list[Task]:
     """Run every task to completion (or failure). Raises KeyboardInterrupt after the running
-    tasks have checkpointed when the user presses Ctrl-C."""
+    tasks have checkpointed when the user presses Ctrl-C. A trunk's snapshot is deleted once every
+    branch that starts from it is done (a full optimizer state each), unless `keep_snapshots`."""
     from scalinglab.store import open_store
 
     store = open_store(db)
@@ -149,6 +151,8 @@ def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, o
         if finished and (store.get_run(task.key) or {}).get("status") == "done":
             task.status = "done"
     pending = [t for t in runs.tasks if t.status == "pending"]
+    if not keep_snapshots:
+        drop_used_snapshots(runs, store)
     if not pending:
         return runs.tasks
     by_key = {t.key: t for t in runs.tasks}
@@ -181,6 +185,8 @@ def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, o
                 break
             for key, status, value in pool.poll(timeout=1.0):
                 settle(key, status, value)
+                if not keep_snapshots and by_key[key].status == "done":
+                    drop_used_snapshots(runs, store)
             if on_tick:
                 on_tick(runs.tasks)
     except KeyboardInterrupt:
@@ -212,11 +218,27 @@ def _settle(task: Task, status: str, message: str) -> None:
         task.status, task.message = "failed", message
 
 
+def drop_used_snapshots(runs: StudyRuns, store) -> list[Path]:
+    """Delete each trunk snapshot that no unfinished branch starts from; returns what went."""
+    needed = {t.needs for t in runs.tasks if t.needs is not None and t.status != "done"}
+    gone = []
+    for path in {t.needs for t in runs.tasks if t.needs is not None} - needed:
+        if path.exists():
+            path.unlink()
+            store.drop_artifact(path)
+            gone.append(path)
+    return gone
+
+
 def _skip_orphans(runs: StudyRuns) -> None:
     """Branches whose trunk diverged or failed before their start cannot run."""
     for task in runs.tasks:
         if task.kind != "branch" or task.status != "pending" or task.needs is None or task.needs.exists():
             continue
         trunk = runs.trunks[task.size]
-        if trunk.status in ("diverged", "failed"):
+        if trunk.status == "done" and trunk.plan.total_steps >= task.needs_step:
+            task.status, task.message = "skipped", (f"its trunk's snapshot {task.needs.name} was deleted; remove "
+                                                    f"{trunk.out_dir} to retrain the trunk, or keep snapshots with "
+                                                    "--keep-snapshots")
+        elif trunk.status in ("diverged", "failed"):
             task.status, task.message = "skipped", f"trunk {trunk.status} ({trunk.message.splitlines()[0] if trunk.message else ''})"

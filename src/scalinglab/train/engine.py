@@ -51,7 +51,7 @@ import torch
 
 from scalinglab.config import OptimConfig
 from scalinglab.device import Placement, place
-from scalinglab.fsutil import atomic_write_text
+from scalinglab.fsutil import atomic_write_text, disk_errors
 from scalinglab.store import Store
 from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from scalinglab.train.optim import adamw
@@ -389,7 +389,7 @@ class _Loop:
     def _write_points(self) -> None:
         if not self.unwritten:
             return
-        with open(self.out_dir / "metrics.jsonl", "a") as fh:
+        with disk_errors(self.out_dir / "metrics.jsonl"), open(self.out_dir / "metrics.jsonl", "a") as fh:
             fh.write("".join(json.dumps(p) + "\n" for p in self.unwritten))
         if self.store is not None:
             for point in self.unwritten:
@@ -498,10 +498,11 @@ class _LossLog:
             self.flush()
 
     def flush(self) -> None:
-        if self._buffer:
-            self._fh.write(np.asarray(self._buffer, dtype=np.float32).tobytes())
-            self._buffer.clear()
-        self._fh.flush()
+        with disk_errors(self.path):
+            if self._buffer:
+                self._fh.write(np.asarray(self._buffer, dtype=np.float32).tobytes())
+                self._buffer.clear()
+            self._fh.flush()
         self._flushed = time.monotonic()
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ from scalinglab.corpus.prepare import PreparedCorpus
 from scalinglab.device import Placement, resolved_precision
 from scalinglab.errors import UserError
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token, loss_fn
+from scalinglab.resources import available_memory, check_memory, largest_that_fits, training_memory
 from scalinglab.store import Store
 from scalinglab.train import engine, hparams
 from scalinglab.train.data import BatchSampler, fixed_windows
@@ -241,10 +242,23 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
     out_dir = Path(out_dir)
     if plan.corpus_key is not None and plan.corpus_key != corpus.key:
         raise UserError(f"this run was planned on corpus {plan.corpus_key} but is given {corpus.key}; plan it again")
+    check_run_memory(plan)
     task = CorpusTask(plan, corpus)
     spec = run_spec(plan, task, store, out_dir, resume=resume)
     outcome = engine.train(task, spec, out_dir, reporter=reporter, stop_at_step=stop_at_step, on_step=on_step)
     return RunResult(outcome.run_id, outcome.status, out_dir, outcome.steps, store.points(outcome.run_id))
+
+
+def check_run_memory(plan: RunPlan, processes: int = 1) -> None:
+    """Refuse in one line, before any model is built, a run whose training cannot fit in memory."""
+    device_type, dtype = resolved_precision(plan.config.train.device, plan.config.train.dtype)
+    n = count_params(plan.model).non_embedding
+    estimate = training_memory(plan.model, plan.batch_size, plan.seq_len, bf16=dtype == "bfloat16")
+    available = available_memory("cuda" if device_type == "cuda" else "cpu")
+    fix = "try " + largest_that_fits(plan.model.vocab_size, plan.seq_len, available / processes,
+                                     batch_size=plan.config.train.batch_size, bf16=dtype == "bfloat16")
+    check_memory({f"a run of N = {n:,} at batch {plan.batch_size}x{plan.seq_len}": estimate}, processes=processes,
+                 device=device_type, available=available, fix=fix)
 
 
 def make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
