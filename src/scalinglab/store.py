@@ -16,6 +16,7 @@ one store at once; SQLite serialises them (``busy_timeout``).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -252,6 +253,16 @@ class Store:
                 (run_id, kind, str(path.resolve()), sha256, path.stat().st_size, step, time.time()),
             )
 
+    def add_artifact_row(self, run_id: str | None, kind: str, path: str, sha256: str, size: int,
+                         step: int | None) -> None:
+        """An artifact as a worker recorded it (its file may be on another node's view of the disk)."""
+        with self.connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO artifacts (run_id, kind, path, sha256, bytes, step, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, kind, path, sha256, size, step, time.time()),
+            )
+
     def drop_artifact(self, path: Path) -> None:
         """Forget an artifact whose file was deleted (e.g. a snapshot no branch needs any more)."""
         with self.connect() as con:
@@ -300,7 +311,14 @@ def _decode_run(row: dict) -> dict:
 
 
 def open_store(path: str | Path) -> Store:
-    """Open (or create) the results store at `path`."""
+    """Open (or create) the results store at `path`. In a cluster worker (where the backend sets
+    `SCALINGLAB_JOURNAL_DIR`) writes go to a journal that the driver applies instead
+    (`scalinglab.backends.journal`): only the driver writes SQLite, on its own disk."""
+    journal_dir = os.environ.get("SCALINGLAB_JOURNAL_DIR")
+    if journal_dir:
+        from scalinglab.backends.journal import JournalStore
+
+        return JournalStore(journal_dir, Path(path).resolve())  # type: ignore[return-value]
     return Store(Path(path))
 
 

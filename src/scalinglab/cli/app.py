@@ -25,6 +25,16 @@ err_console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True
 
 DEFAULT_DB = Path("scalinglab.db")
 
+BACKEND_HELP = "Where runs execute: local (worker processes on this machine) or ray (a Ray cluster)."
+ADDRESS_HELP = "Ray cluster to join: auto or HOST:PORT (default: $RAY_ADDRESS, else a private one here)."
+
+
+def backend_spec(backend: str, address: str | None):
+    from scalinglab.backends import BackendSpec
+
+    return BackendSpec(name=backend, address=address)
+
+
 # Every command that trains takes a TOML file of its config's fields and `--set` overrides;
 # its own options default to None, so that every default lives in the config dataclass.
 CONFIG_HELP = "TOML file of settings (the fields of the command's config; sections as tables)."

@@ -7,7 +7,17 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import CONFIG_HELP, DEFAULT_DB, SET_HELP, app, console, err_console
+from scalinglab.cli.app import (
+    ADDRESS_HELP,
+    BACKEND_HELP,
+    CONFIG_HELP,
+    DEFAULT_DB,
+    SET_HELP,
+    app,
+    backend_spec,
+    console,
+    err_console,
+)
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
 
@@ -104,6 +114,8 @@ def study(
     no_repeat: bool = typer.Option(False, "--no-repeat", help="Stop if the largest D would repeat data."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned grid and stop."),
     keep_snapshots: bool = typer.Option(False, "--keep-snapshots", help="Keep each trunk snapshot after its branches finish."),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     fit_from: float = typer.Option(20.0, "--fit-from", help="Fit L(D) per N over the points at and past this many tokens/param."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP + " Applied over the preset."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
@@ -133,6 +145,7 @@ def study(
 
     if not (fit_from >= 0 and fit_from == fit_from and fit_from != float("inf")):
         raise UserError(f"--fit-from must be a number of tokens/param >= 0, got {fit_from}")
+    spec = backend_spec(backend, address)
     err_console.print(f"preparing corpus {cfg.corpus.source!r} and planning the grid...")
     prepared = prepare_study(cfg, db, out, cache_dir=cache_dir)
     print_grid(prepared)
@@ -140,7 +153,7 @@ def study(
         return
     try:
         with StudyProgress(prepared.runs.tasks) as bar:
-            tasks = execute(prepared, on_tick=bar.tick, keep_snapshots=keep_snapshots)
+            tasks = execute(prepared, on_tick=bar.tick, keep_snapshots=keep_snapshots, backend=spec)
     except KeyboardInterrupt:
         err_console.print("study interrupted; the running runs saved checkpoints. Rerun the same command to resume.")
         raise typer.Exit(130)

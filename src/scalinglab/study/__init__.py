@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from scalinglab.backends import BackendSpec
 from scalinglab.config import config_hash
 from scalinglab.corpus.prepare import PreparedCorpus, prepare_corpus
 from scalinglab.errors import UserError
@@ -144,7 +145,7 @@ def _save_plan(study: PreparedStudy) -> None:
 
 def run(cfg: StudyConfig, db: str | Path = "scalinglab.db", out: str | Path = "study", *,
         cache_dir: Path | None = None, on_tick=None, fit_from_tpp: float = FIT_FROM_TPP,
-        keep_snapshots: bool = False) -> StudyResult:
+        keep_snapshots: bool = False, backend: BackendSpec | None = None) -> StudyResult:
     """A whole study from Python, as `scalinglab study` runs it: plan the grid (reusing the last
     plan of the same study), train every run not finished yet, then fit and write the results.
 
@@ -153,16 +154,18 @@ def run(cfg: StudyConfig, db: str | Path = "scalinglab.db", out: str | Path = "s
         result.summary                      # per N: loss at 20 tokens/param and at the largest D, fits
     """
     study = prepare_study(cfg, db, out, cache_dir=cache_dir)
-    execute(study, on_tick=on_tick, keep_snapshots=keep_snapshots)
+    execute(study, on_tick=on_tick, keep_snapshots=keep_snapshots, backend=backend)
     return analyse(study, fit_from_tpp=fit_from_tpp)
 
 
-def execute(study: PreparedStudy, on_tick=None, keep_snapshots: bool = False) -> list[Task]:
-    """Train every trunk and branch that is not finished yet (deleting each trunk snapshot once
-    its branches are done, unless `keep_snapshots`)."""
+def execute(study: PreparedStudy, on_tick=None, keep_snapshots: bool = False,
+            backend: BackendSpec | None = None) -> list[Task]:
+    """Train every trunk and branch that is not finished yet, on `backend` (default: worker
+    processes on this machine), deleting each trunk snapshot once its branches are done unless
+    `keep_snapshots`."""
     _save_plan(study)
     return run_tasks(study.runs, study.corpus, study.db, study.config.workers, on_tick=on_tick,
-                     keep_snapshots=keep_snapshots)
+                     keep_snapshots=keep_snapshots, backend=backend)
 
 
 def analyse(study: PreparedStudy, bootstrap: int = 400, fit_from_tpp: float = FIT_FROM_TPP) -> StudyResult:

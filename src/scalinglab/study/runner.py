@@ -1,6 +1,6 @@
 """The local runner: trunks and cooldown branches on a pool of worker processes.
 
-Workers (`scalinglab.parallel.WorkerPool`) hold one task at a time, so a worker that dies (even
+Workers (a backend from `scalinglab.backends`: this machine's processes or a Ray cluster) hold one task at a time, so a worker that dies (even
 by kill -9) is replaced and its task goes back to the queue, to resume from its last
 checkpoint. Results flow to the store from the workers themselves; the parent only schedules.
 
@@ -12,14 +12,14 @@ interruption resumes it without redoing any point.
 
 from __future__ import annotations
 
-import signal
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scalinglab.backends import BackendSpec, job_resources, open_backend
 from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus.prepare import PreparedCorpus
-from scalinglab.parallel import WorkerPool
 from scalinglab.study.grid import Grid, SizePlan
 from scalinglab.train.loop import RunPlan
 from scalinglab.train.rundir import read_marker
@@ -137,7 +137,7 @@ def steps_done(task: Task) -> int:
 
 
 def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, on_tick=None,
-              keep_snapshots: bool = False) -> list[Task]:
+              keep_snapshots: bool = False, backend: BackendSpec | None = None) -> list[Task]:
     """Run every task to completion (or failure). Raises KeyboardInterrupt after the running
     tasks have checkpointed when the user presses Ctrl-C. A trunk's snapshot is deleted once every
     branch that starts from it is done (a full optimizer state each), unless `keep_snapshots`."""
@@ -163,34 +163,43 @@ def run_tasks(runs: StudyRuns, corpus: PreparedCorpus, db: Path, workers: int, o
             _settle(task, *value)
         elif status == "lost":
             _settle(task, "lost", value)
+            if task.status == "pending":  # resubmitted: it resumes from its last checkpoint
+                logging.getLogger("scalinglab").warning(
+                    "%s: %s; retrying (attempt %d of %d)", task.plan.name, value, task.attempts + 1, MAX_ATTEMPTS)
         else:
             name, message, trace = value
             _settle(task, "failed", f"{name}: {message}\n{trace}")
 
-    pool = WorkerPool(min(workers, len(pending)))
+    device = runs.tasks[0].plan.config.train.device
+    pool = open_backend(backend, workers=min(workers, len(pending)), work_dir=runs.tasks[0].out_dir.parent.parent,
+                        device=device)
+    resources = job_resources(backend, device)
     try:
         while True:
             _skip_orphans(runs)
             waiting = [t for t in runs.tasks if t.status == "pending"]
             ready = sorted((t for t in waiting if t.needs is None or t.needs.exists()),
                            key=lambda t: (t.kind != "trunk", -t.steps))
-            for worker, task in zip(pool.idle(), ready):
+            for task in ready[:pool.free_slots()]:
                 task.status, task.attempts = "running", task.attempts + 1
-                pool.submit(worker, task.key, run_study_task, (str(corpus.path), str(db), task.plan, str(task.out_dir)))
-            if not waiting and not pool.busy():
+                pool.submit(task.key, run_study_task, (str(corpus.path), str(db), task.plan, str(task.out_dir)),
+                            resources)
+            if not waiting and not pool.running():
                 break
-            if waiting and not ready and not pool.busy():
+            if waiting and not ready and not pool.running():
                 for task in waiting:  # nothing can ever produce their snapshots
                     task.status, task.message = "skipped", "its trunk stopped before this branch point"
                 break
-            for key, status, value in pool.poll(timeout=1.0):
+            finished = pool.poll(timeout=1.0)
+            pool.apply_journals()  # a cluster's store writes, before anything reads the store
+            for key, status, value in finished:
                 settle(key, status, value)
                 if not keep_snapshots and by_key[key].status == "done":
                     drop_used_snapshots(runs, store)
             if on_tick:
                 on_tick(runs.tasks)
     except KeyboardInterrupt:
-        pool.signal_busy(signal.SIGTERM)
+        pool.cancel()
         pool.drain(settle)
         for task in runs.tasks:
             if task.status == "running":

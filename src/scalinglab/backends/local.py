@@ -1,4 +1,4 @@
-"""Parallel work on the local machine: long-lived worker processes, one job each at a time.
+"""The local backend: long-lived worker processes on this machine, one job each at a time.
 
 Each worker is a spawned process (fork is unsafe once a parent has used OpenMP) with one torch
 thread, fed one job at a time over its own pipe, so the parent always knows which job a worker
@@ -9,7 +9,7 @@ Signals: idle workers ignore Ctrl-C; a job that trains installs its own handler,
 stops. On Ctrl-C the parent stops dispatching, asks busy workers to stop (SIGTERM) and waits
 for them before re-raising.
 
-    results = map_jobs(fit_one, jobs, workers=2)          # fit_one: a module-level function
+    results = map_jobs(fit_one, jobs, LocalBackend(2))    # fit_one: a module-level function
 """
 
 from __future__ import annotations
@@ -145,9 +145,43 @@ class WorkerPool:
                 on_result(key, status, value)
 
 
+class LocalBackend:
+    """The `Backend` interface (`scalinglab.backends`) over a `WorkerPool` of `workers` processes."""
+
+    name = "local"
+
+    def __init__(self, workers: int) -> None:
+        self.pool = WorkerPool(workers)
+
+    def free_slots(self) -> int:
+        return len(self.pool.idle())
+
+    def submit(self, key: Any, fn: Callable[[Any], Any], job: Any, resources: Any = None) -> None:
+        self.pool.submit(self.pool.idle()[0], key, fn, job)
+
+    def running(self) -> int:
+        return len(self.pool.busy())
+
+    def poll(self, timeout: float) -> list[tuple[Any, str, Any]]:
+        return self.pool.poll(timeout)
+
+    def cancel(self) -> None:
+        self.pool.signal_busy(signal.SIGTERM)  # each running job checkpoints and stops
+
+    def drain(self, on_result: Callable[[Any, str, Any], None], timeout: float = 120.0) -> None:
+        self.pool.drain(on_result, timeout)
+
+    def apply_journals(self) -> None:
+        """Local workers write the store directly; nothing to apply."""
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 def map_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int,
-             on_done: Callable[[int, Any], None] | None = None) -> list[Any]:
-    """`[fn(job) for job in jobs]` on `workers` processes; `fn` must be a module-level function.
+             on_done: Callable[[int, Any], None] | None = None, backend: Any = None) -> list[Any]:
+    """`[fn(job) for job in jobs]` on `workers` processes (or on `backend`, which the caller
+    closes); `fn` must be a module-level function.
 
     A job whose worker dies is retried (up to MAX_ATTEMPTS). The first job that raises stops the
     dispatch of new jobs; once the running ones are back its error is raised here: a `UserError`
@@ -158,7 +192,7 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int,
     pending = list(range(len(jobs)))
     attempts = [0] * len(jobs)
     failure: tuple[str, str, str] | None = None
-    pool = WorkerPool(min(workers, len(jobs)) or 1)
+    pool = backend or LocalBackend(min(workers, len(jobs)) or 1)
 
     def settle(i: int, status: str, value: Any) -> None:
         nonlocal failure
@@ -172,23 +206,26 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int,
             failure = value if status == "error" else ("RuntimeError", f"job {i}: {value}", "")
 
     try:
-        while pending or pool.busy():
-            for worker in pool.idle():
+        while pending or pool.running():
+            for _ in range(pool.free_slots()):
                 if not pending or failure is not None:
                     break
                 i = pending.pop(0)
                 attempts[i] += 1
-                pool.submit(worker, i, fn, jobs[i])
-            if failure is not None and not pool.busy():
+                pool.submit(i, fn, jobs[i])
+            if failure is not None and not pool.running():
                 break
             for i, status, value in pool.poll(timeout=0.5):
                 settle(i, status, value)
+            pool.apply_journals()
     except KeyboardInterrupt:
-        pool.signal_busy(signal.SIGTERM)
+        pool.cancel()
         pool.drain(settle)
         raise
     finally:
-        pool.close()
+        pool.apply_journals()
+        if backend is None:
+            pool.close()
     if failure is not None:
         name, message, trace = failure
         if name == "UserError":
