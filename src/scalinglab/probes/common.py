@@ -375,7 +375,7 @@ def probe_results(store: Store, probe: str) -> list[dict]:
 
 def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int | None = None,
                  label: str = "probe", describe: Callable[[Any], str] = str, console=None) -> list[Any]:
-    """`[fn(job) for job in jobs]` on `workers` processes (`scalinglab.parallel.map_jobs`: one
+    """`[fn(job) for job in jobs]` on `workers` processes (`scalinglab.backends.local.map_jobs`: one
     torch thread each; a worker that dies is replaced and its job retried; default: one per CPU
     core), with a progress bar over the jobs. `fn` and the jobs must be picklable (a
     module-level function).
@@ -390,7 +390,7 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from scalinglab.device import default_workers
-    from scalinglab.parallel import map_jobs
+    from scalinglab.backends.local import map_jobs
 
     workers = default_workers() if workers is None else workers
     progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
