@@ -118,3 +118,19 @@ def test_a_full_store_is_one_line_and_keeps_what_it_held(tmp_path, monkeypatch):
     assert kept[0]["step"] == 1 and len(kept) >= 1
     con = sqlite3.connect(tmp_path / "s.db")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_run_is_refused_before_training_when_its_checkpoints_cannot_fit_on_disk(text_corpus, tmp_path,
+                                                                                  monkeypatch):
+    from scalinglab import resources
+    from scalinglab.config import ModelSpec, RunConfig, TrainConfig
+    from scalinglab.corpus import CorpusConfig, prepare_corpus
+    from scalinglab.train import plan_run, train_run
+
+    cfg = RunConfig(corpus=CorpusConfig(source=str(text_corpus)), model=ModelSpec(size="10k"),
+                    train=TrainConfig(tokens=8192, seq_len=64, batch_size=4))
+    corpus = prepare_corpus(cfg.corpus)
+    monkeypatch.setattr(resources, "free_disk", lambda path: 1000.0)  # a nearly full filesystem
+    with pytest.raises(UserError, match=r"will write ~.* but its filesystem has .* free; free space or choose another"):
+        train_run(plan_run(cfg, corpus), corpus, open_store(tmp_path / "s.db"), tmp_path / "run")
+    assert not (tmp_path / "run" / "train_loss.f32").exists()  # nothing trained

@@ -389,8 +389,8 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from scalinglab.device import default_workers
     from scalinglab.backends.local import map_jobs
+    from scalinglab.device import default_workers
 
     workers = default_workers() if workers is None else workers
     progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

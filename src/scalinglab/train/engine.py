@@ -52,6 +52,7 @@ import torch
 from scalinglab.config import OptimConfig
 from scalinglab.device import Placement, place
 from scalinglab.fsutil import atomic_write_text, disk_errors
+from scalinglab.resources import check_disk
 from scalinglab.store import Store
 from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from scalinglab.train.optim import adamw
@@ -262,6 +263,9 @@ class _Loop:
 
         torch.manual_seed(spec.seed)
         self.model = task.build_model().to(self.device)
+        # room for a checkpoint beside the last one (atomic writes) and the snapshots to come
+        params = sum(p.numel() for p in self.model.parameters())
+        check_disk((2 + len(spec.snapshot_steps)) * (12.0 * params + 2**16), out_dir, f"run {spec.run_id}")
         self.optimizer = adamw(self.model, lr=spec.lr, weight_decay=spec.optim.weight_decay,
                                betas=(spec.optim.beta1, spec.optim.beta2), eps=spec.optim.eps,
                                decay=spec.optim.decay, fused=self.device.type == "cuda")
