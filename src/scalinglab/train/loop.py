@@ -255,6 +255,8 @@ def check_run_memory(plan: RunPlan, processes: int = 1) -> None:
     n = count_params(plan.model).non_embedding
     estimate = training_memory(plan.model, plan.batch_size, plan.seq_len, bf16=dtype == "bfloat16")
     available = available_memory("cuda" if device_type == "cuda" else "cpu")
+    if estimate.total * processes <= available:
+        return  # the hint below searches model shapes (seconds): worth its time only when refusing
     fix = "try " + largest_that_fits(plan.model.vocab_size, plan.seq_len, available / processes,
                                      batch_size=plan.config.train.batch_size, bf16=dtype == "bfloat16")
     check_memory({f"a run of N = {n:,} at batch {plan.batch_size}x{plan.seq_len}": estimate}, processes=processes,
