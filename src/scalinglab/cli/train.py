@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -43,14 +45,28 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache (default ~/.cache/scalinglab)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Train data-parallel over this many processes "
+                                        "on this machine (through torch.distributed.run; 1: this process)."),
 ) -> None:
-    """Train one model and record every evaluation in the results store."""
+    """Train one model and record every evaluation in the results store.
+
+    Data-parallel: `--nproc K`, or `torchrun --nproc_per_node=K -m scalinglab train ...`; the K
+    ranks split each global batch, rank 0 evaluates and writes."""
     from scalinglab.config import build_run_config
     from scalinglab.corpus import prepare_corpus
+    from scalinglab.device import join_ranks, launched_ranks, leave_ranks
     from scalinglab.model import count_params
     from scalinglab.progress import RichReporter
     from scalinglab.store import open_store
     from scalinglab.train import Diverged, Interrupted, plan_run, train_run
+    from scalinglab.train.loop import check_run_memory, check_split
+
+    if nproc is not None and nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {nproc}")
+    launched = launched_ranks()
+    if nproc is not None and launched > 1 and nproc != launched:
+        raise UserError(f"--nproc {nproc} given to a run torchrun started with {launched} ranks; drop --nproc")
+    launch = nproc is not None and nproc > 1 and launched == 1
 
     cfg = build_run_config(
         config, set_,
@@ -64,31 +80,55 @@ def train(
         train__dtype=dtype, train__threads=threads, train__compile=compile,
     )
     cfg.validate()
-    store = open_store(db)
-    err_console.print(f"preparing corpus {cfg.corpus.source!r} ({cfg.corpus.tokenizer})...", highlight=False)
-    prepared = prepare_corpus(cfg.corpus, cache_dir)
-    plan = plan_run(cfg, prepared)
-    counts = count_params(plan.model)
-    out_dir = out or Path("runs") / plan.run_id
-    tokens_total = plan.total_steps * plan.batch_tokens
-    err_console.print(
-        f"run {plan.run_id}: {plan.model.n_layer} layers x {plan.model.d_model} wide, N = {counts.non_embedding:,} "
-        f"non-embedding ({counts.total:,} total), {tokens_total:,} tokens "
-        f"({tokens_total / counts.non_embedding:.1f}/param), batch {plan.batch_size}x{plan.seq_len}, "
-        f"lr {plan.lr:.2e}, {plan.schedule.kind}, {plan.total_steps} steps",
-        highlight=False,
-    )
-    if resume and not (out_dir / "config.json").exists():
-        raise UserError(f"nothing to resume in {out_dir}; drop --resume to start this run, or pass the --out of the run")
-    reporter = None if quiet else RichReporter(plan.batch_tokens, err_console)
+    if launch:
+        # refuse here what every rank would refuse, then start the ranks (they prepare the corpus
+        # from the cache this fills, and plan the same run)
+        plan = plan_run(cfg, prepare_corpus(cfg.corpus, cache_dir))
+        check_split(plan.batch_size, nproc)
+        check_run_memory(plan, ranks=nproc)
+        raise typer.Exit(launch_ranks(nproc, _without_nproc(sys.argv[1:])))
+    ranks = join_ranks(cfg.train.device)
+    lead = ranks is None or ranks.lead
+    say = err_console.print if lead else (lambda *args, **kwargs: None)
     try:
-        result = train_run(plan, prepared, store, out_dir, resume=resume, reporter=reporter)
+        store = open_store(db) if lead else None  # the other ranks write nothing
+        say(f"preparing corpus {cfg.corpus.source!r} ({cfg.corpus.tokenizer})...", highlight=False)
+
+        def prepare():
+            return prepare_corpus(cfg.corpus, cache_dir)
+
+        # data-parallel, rank 0 first: the others then read its cache instead of building their own
+        prepared = prepare() if ranks is None else ranks.lead_then_follow(prepare, prepare)
+        plan = plan_run(cfg, prepared)
+        counts = count_params(plan.model)
+        out_dir = out or Path("runs") / plan.run_id
+        tokens_total = plan.total_steps * plan.batch_tokens
+        over = f" over {ranks.world} ranks" if ranks is not None else ""
+        say(
+            f"run {plan.run_id}: {plan.model.n_layer} layers x {plan.model.d_model} wide, N = {counts.non_embedding:,} "
+            f"non-embedding ({counts.total:,} total), {tokens_total:,} tokens "
+            f"({tokens_total / counts.non_embedding:.1f}/param), batch {plan.batch_size}x{plan.seq_len}{over}, "
+            f"lr {plan.lr:.2e}, {plan.schedule.kind}, {plan.total_steps} steps",
+            highlight=False,
+        )
+        if resume and not (out_dir / "config.json").exists():
+            raise UserError(f"nothing to resume in {out_dir}; drop --resume to start this run, or pass the --out of the run")
+        reporter = None if quiet or not lead else RichReporter(plan.batch_tokens, err_console)
+        result = train_run(plan, prepared, store, out_dir, resume=resume, reporter=reporter, ranks=ranks)
     except Diverged as exc:
-        err_console.print(f"diverged: {exc}; recorded in {db}", highlight=False)
+        say(f"diverged: {exc}; recorded in {db}", highlight=False)
         raise typer.Exit(1)
     except Interrupted as exc:
-        err_console.print(f"stopped at step {exc.step}; continue with the same command plus --resume", highlight=False)
+        say(f"stopped at step {exc.step}; continue with the same command plus --resume", highlight=False)
         raise typer.Exit(130)
+    except UserError as exc:
+        if lead:
+            raise
+        raise typer.Exit(exc.exit_code)  # rank 0 says it (a FollowerError: rank 0 already said why)
+    finally:
+        leave_ranks(ranks)
+    if not lead:
+        return
     final = result.points[-1] if result.points else None
     if final:
         console.print(
@@ -97,6 +137,46 @@ def train(
             f"points in {db}",
             highlight=False,
         )
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    """Command-line arguments less `--nproc K` / `--nproc=K`."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return kept
+
+
+def launch_ranks(nproc: int, args: list[str]) -> int:
+    """Run `python -m scalinglab ARGS` as `nproc` ranks through torch.distributed.run on this
+    machine (a free port, one torch thread per rank); returns the exit code of the first rank
+    that failed (the ranks end alike: 2 refused, 1 diverged, 130 stopped), 0 when all are done."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser
+    from torch.distributed.run import run as torchrun
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for name in list(logging.root.manager.loggerDict):  # the ranks say what happened
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    launcher = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "scalinglab", *args])
+    try:
+        torchrun(launcher)
+    except ChildFailedError as exc:
+        # the cause: the first rank that exited by itself (torchrun then signals the others)
+        code = min(exc.failures.values(), key=lambda failure: (failure.exitcode < 0, failure.timestamp)).exitcode
+        return code if code >= 0 else 128 - code
+    except SignalException:  # Ctrl-C or SIGTERM: passed on to the ranks, which stop after the same step
+        return 130
+    return 0
 
 
 @app.command()

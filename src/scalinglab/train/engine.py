@@ -34,6 +34,12 @@ The rules, in one place:
   last step; the store row becomes "done", then the DONE marker is written. An extendable run (a
   constant-LR trunk; a grokking run whose budget is not part of its identity) given more steps
   later continues from where it ended, unless its stop rule already fired.
+- Data-parallel (`spec.ranks`, K processes started by torchrun, for a task that declares
+  `data_parallel`): every rank builds the same model (or loads the same checkpoint) and computes
+  the loss of its share of the step's batch; one all-reduce after backward averages the
+  gradients, the loss and the stop requests, so every rank takes the same update, sees the same
+  NaN and stops after the same step. Rank 0 alone claims the directory, evaluates and writes
+  (checkpoints, metrics, the loss log, markers, the store); the others write nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -50,7 +56,8 @@ import numpy as np
 import torch
 
 from scalinglab.config import OptimConfig
-from scalinglab.device import Placement, place
+from scalinglab.device import Placement, Ranks, place
+from scalinglab.errors import UserError
 from scalinglab.fsutil import atomic_write_text, disk_errors
 from scalinglab.resources import check_disk
 from scalinglab.store import Store
@@ -97,6 +104,9 @@ class Task:
 
     tokenizer: dict | None = None  # stored in checkpoints, so a trained model is self-contained
     placement: Placement | None = None
+    # the loss of update `step` is that of this rank's share of the step's batch when
+    # `placement.world` > 1 (equal shares, so the mean over ranks is the whole batch's loss)
+    data_parallel: bool = False
 
     def setup(self, placement: Placement) -> None:
         """Called first, with where the run trains (e.g. to move fixed data there once)."""
@@ -164,6 +174,8 @@ class RunSpec:
     resume: continuing an unfinished directory needs it (the CLI's --resume); probes always do.
     checkpoint_every: seconds between checkpoints (see the module doc). compile: torch.compile
       the model on CUDA.
+    ranks: this process's rank of a data-parallel run (`scalinglab.device.join_ranks`); None
+      trains in this process alone.
     what, fix: how errors name the run and what to do about a directory that is not this run's.
     """
 
@@ -186,6 +198,7 @@ class RunSpec:
     resume: bool = True
     checkpoint_every: float = 300.0
     compile: bool = False
+    ranks: Ranks | None = None
     what: str = "run"
     fix: str = "pass another --out"
 
@@ -232,8 +245,19 @@ def train(task: Task, spec: RunSpec, out_dir: Path | str, *, reporter: Reporter 
     another run, or an unfinished one without `resume`).
     """
     out_dir = Path(out_dir)
-    claim_directory(out_dir, spec.identity, resume=spec.resume, what=spec.what, fix=spec.fix)
-    with exclusive(out_dir), keep_torch_threads():
+    ranks = spec.ranks
+    if ranks is not None and not task.data_parallel:
+        raise UserError(f"this {spec.what} cannot train data-parallel; run it in one process")
+    with ExitStack() as held:
+        def claim() -> None:
+            claim_directory(out_dir, spec.identity, resume=spec.resume, what=spec.what, fix=spec.fix)
+            held.enter_context(exclusive(out_dir))
+
+        if ranks is None:
+            claim()
+        else:
+            ranks.lead_then_follow(claim)  # rank 0 claims and locks; the others learn whether it could
+        held.enter_context(keep_torch_threads())
         diverged = read_marker(out_dir, "DIVERGED")
         if diverged is not None:
             raise Diverged(spec.run_id, diverged["step"], float(diverged["loss"]))
@@ -246,8 +270,9 @@ def train(task: Task, spec: RunSpec, out_dir: Path | str, *, reporter: Reporter 
                     spec.store.upsert_run(spec.run_id, status="done")  # e.g. a store rebuilt from the runs
                 return Outcome(spec.run_id, "done", out_dir, done["step"], points, stopped,
                                done.get("wall_time", 0.0), _task=task)
-            (out_dir / "DONE").unlink()  # more steps were asked for: continue from the last checkpoint
-        placement = place(spec.device, spec.dtype, spec.threads)
+            if ranks is None or ranks.lead:
+                (out_dir / "DONE").unlink()  # more steps were asked for: continue from the last checkpoint
+        placement = place(spec.device, spec.dtype, spec.threads, ranks)
         task.setup(placement)
         return _Loop(task, spec, placement, out_dir, reporter or Reporter()).run(stop_at_step, on_step)
 
@@ -256,8 +281,11 @@ class _Loop:
     """One call's training: build or resume, step, evaluate, checkpoint, end."""
 
     def __init__(self, task: Task, spec: RunSpec, placement: Placement, out_dir: Path, reporter: Reporter) -> None:
-        self.task, self.spec, self.placement, self.out_dir, self.reporter = task, spec, placement, out_dir, reporter
-        self.store = spec.store
+        self.task, self.spec, self.placement, self.out_dir = task, spec, placement, out_dir
+        self.ranks = spec.ranks
+        self.lead = self.ranks is None or self.ranks.lead  # the process that evaluates and writes
+        self.reporter = reporter if self.lead else Reporter()
+        self.store = spec.store if self.lead else None
         self.device = placement.device
         self.last = out_dir / "last.pt"
 
@@ -282,9 +310,11 @@ class _Loop:
                 self.window = tuple(state["extra"].get("window", (0.0, 0)))
                 task.load_state_dict(state["extra"])
         self.points = read_metrics(out_dir, upto=self.step)
-        atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(p) + "\n" for p in self.points))
+        if self.lead:
+            atomic_write_text(out_dir / "metrics.jsonl", "".join(json.dumps(p) + "\n" for p in self.points))
         self.unwritten: list[dict] = []  # evaluations not yet in metrics.jsonl and the store
-        self.loss_log = _LossLog(out_dir / "train_loss.f32", keep=self.step - spec.first_step)
+        self.loss_log = _LossLog(out_dir / "train_loss.f32", keep=self.step - spec.first_step) if self.lead else _NoLog()
+        self.stop_agreed = False  # data-parallel: any rank's stop request, as the last update's all-reduce carried it
         compiled = spec.compile and self.device.type == "cuda"
         self.run_model = torch.compile(self.model) if compiled else self.model
         self.stopped_early = False
@@ -312,7 +342,7 @@ class _Loop:
             with stop_requests() as stop:
                 while self.step < end and not self.stopped_early:
                     lr = spec.lr * spec.schedule.multiplier(self.step)
-                    loss = self._update(lr)
+                    loss = self._update(lr, stop)
                     if on_step:
                         on_step(self.step, loss)
                     evaluated = bool(evals) and self.step >= evals[0]
@@ -321,14 +351,19 @@ class _Loop:
                             evals.pop(0)
                         self._evaluate(lr)
                         self.stopped_early = self.step < spec.total_steps and self.task.should_stop(self.points)
+                        if self.ranks is not None:  # rank 0 alone evaluated: its rule decides
+                            self.stopped_early = self.ranks.from_lead(self.stopped_early)
                     if self.step in snapshots:
                         self._save(self.out_dir / f"snap-{self.step}.pt", "snapshot")
                     gap = EVAL_CHECKPOINT_GAP if evaluated else spec.checkpoint_every
-                    if time.monotonic() - last_save >= gap or stop["stop"]:
+                    asked = stop["stop"] if self.ranks is None else self.stop_agreed
+                    if time.monotonic() - last_save >= gap or asked:
                         self._save(self.last)
                         last_save = time.monotonic()
-                    if stop["stop"] and not self.stopped_early:
+                    if asked and not self.stopped_early:
                         self._set_status("interrupted", f"stopped at step {self.step}")
+                        if self.ranks is not None:  # the others wait for rank 0's checkpoint, then all exit
+                            self.ranks.sync()
                         raise Interrupted(spec.run_id, self.step, self.out_dir)
             if self.step < spec.total_steps and not self.stopped_early:  # stop_at_step
                 self._save(self.last)
@@ -342,11 +377,12 @@ class _Loop:
             self.loss_log.close()
         # the store first: a kill between the two leaves a run that a rerun finishes in no steps
         self._set_status("done", "stopped early" if self.stopped_early else None)
-        write_marker(self.out_dir, "DONE", {"step": self.step, "sha256": sha, "stopped_early": self.stopped_early,
-                                            "wall_time": self.wall})
+        if self.lead:
+            write_marker(self.out_dir, "DONE", {"step": self.step, "sha256": sha,
+                                                "stopped_early": self.stopped_early, "wall_time": self.wall})
         return self._outcome("done")
 
-    def _update(self, lr: float) -> float:
+    def _update(self, lr: float, stop: dict) -> float:
         """One update; returns the batch loss before it. A NaN/inf loss is recorded and raised
         before the weights change, so the last checkpoint and the weights stay as they were."""
         t0 = time.perf_counter()
@@ -354,10 +390,13 @@ class _Loop:
             group["lr"] = lr
         with autocast(self.placement):
             loss = self.task.loss(self.run_model, self.step)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self._diverge(value)
-        apply_update(self.model, self.optimizer, loss, self.spec.optim.grad_clip, self.task.after_backward)
+        if self.ranks is None:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                self._diverge(value)
+            apply_update(self.model, self.optimizer, loss, self.spec.optim.grad_clip, self.task.after_backward)
+        else:
+            value = self._update_together(loss, stop)
         self.step += 1
         seconds = time.perf_counter() - t0
         self.wall += seconds
@@ -366,7 +405,22 @@ class _Loop:
         self.reporter.step(self.step, value, seconds)
         return value
 
+    def _update_together(self, loss: torch.Tensor, stop: dict) -> float:
+        """The data-parallel update: backward through this rank's share of the batch, then one
+        all-reduce of the gradients, the loss and this rank's stop request; every rank then holds
+        the whole batch's mean gradient and loss (a NaN on any rank is seen by all, before the
+        weights change) and agrees whether to stop after this step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value, self.stop_agreed = self.ranks.average(self.model, loss, stop["stop"])
+        if not math.isfinite(value):
+            self._diverge(value)
+        finish_update(self.model, self.optimizer, self.spec.optim.grad_clip, self.task.after_backward)
+        return value
+
     def _evaluate(self, lr: float) -> None:
+        if not self.lead:  # rank 0 evaluates for all
+            return
         total, count = self.window
         ctx = EvalContext(step=self.step, lr=lr, wall_time=self.wall, batch_loss=total / count if count else None)
         self.model.eval()
@@ -381,6 +435,8 @@ class _Loop:
     # -- what is kept --
 
     def _save(self, path: Path, artifact: str | None = None) -> str:
+        if not self.lead:  # rank 0 writes for all
+            return ""
         self.loss_log.flush()  # the loss log must never be shorter than a checkpoint's step
         sha = save_checkpoint(path, model=self.model, optimizer=self.optimizer, step=self.step,
                               config=self.spec.identity, tokenizer=self.task.tokenizer,
@@ -407,6 +463,8 @@ class _Loop:
             self.store.upsert_run(self.spec.run_id, status=status, message=message)
 
     def _diverge(self, loss: float) -> None:
+        if not self.lead:
+            raise Diverged(self.spec.run_id, self.step, loss)
         self.loss_log.flush()
         self._write_points()
         write_marker(self.out_dir, "DIVERGED", {"step": self.step, "loss": str(loss)})
@@ -429,6 +487,12 @@ def apply_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss:
     of every run (and of the throughput probes that time it)."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    finish_update(model, optimizer, grad_clip, after_backward)
+
+
+def finish_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+                  after_backward: Callable[[torch.nn.Module], None] | None = None) -> None:
+    """The update once the gradients are in: the task's gradient hook, clipping, the step."""
     if after_backward is not None:
         after_backward(model)
     if grad_clip > 0:
@@ -512,6 +576,14 @@ class _LossLog:
     def close(self) -> None:
         self.flush()
         self._fh.close()
+
+
+class _NoLog:
+    """The loss log of a rank that writes nothing (data-parallel ranks other than 0)."""
+
+    def append(self, value: float) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
 
 
 def read_loss_log(out_dir: Path | str) -> np.ndarray:

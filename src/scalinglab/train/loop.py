@@ -9,6 +9,12 @@ fixed val set and a fixed subset of the windows the run trained on first (the tr
 
 Runs are identified by a hash of their resolved config, so starting the same run twice finds
 the same directory and store row.
+
+A run trains in one process or data-parallel over K ranks (`train_run(..., ranks=...)`, under
+torchrun): the batch of step s is the same global batch either way, and rank r takes its rows
+r*B/K .. (r+1)*B/K - 1. K is not part of the run's identity, so a K-rank run has the run id, the
+directory and the store row of the one-process run of the same config, and can be resumed with
+any K (to the last bit with the same K; within float rounding otherwise).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 
 from scalinglab.config import RunConfig, config_hash, resolve_model
 from scalinglab.corpus.prepare import PreparedCorpus
-from scalinglab.device import Placement, resolved_precision
+from scalinglab.device import Placement, Ranks, resolved_precision
 from scalinglab.errors import UserError
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token, loss_fn
 from scalinglab.resources import available_memory, check_memory, largest_that_fits, training_memory
@@ -140,7 +146,10 @@ def log_spaced_steps(total_steps: int, count: int, first: int | None = None) -> 
 
 class CorpusTask(engine.Task):
     """A GPT on windows of a corpus's train split; evaluations on the fixed val set and on the
-    first windows the run trained on."""
+    first windows the run trained on. Data-parallel, each rank trains on a contiguous slice of
+    the step's batch."""
+
+    data_parallel = True
 
     def __init__(self, plan: RunPlan, corpus: PreparedCorpus) -> None:
         t = plan.config.train
@@ -155,11 +164,18 @@ class CorpusTask(engine.Task):
         self.tokenizer = {"spec": corpus.meta["tokenizer"], "json": corpus.tokenizer_json()}
         self.corpus_hash, self.tokenizer_name = corpus.content_hash, corpus.tokenizer_name
 
+    def setup(self, placement: Placement) -> None:
+        super().setup(placement)
+        share = check_split(self.plan.batch_size, placement.world)
+        self.rows = slice(placement.rank * share, (placement.rank + 1) * share)  # this rank's share
+
     def build_model(self) -> GPT:
         return GPT(self.plan.model)
 
     def loss(self, model: torch.nn.Module, step: int) -> torch.Tensor:
         x, y = self.sampler.batch(step)
+        if self.placement.world > 1:
+            x, y = x[self.rows], y[self.rows]
         device = self.placement.device
         return loss_fn(model(x.to(device, non_blocking=True)), y.to(device, non_blocking=True))
 
@@ -212,7 +228,19 @@ class RunResult:
     points: list[dict]
 
 
-def run_spec(plan: RunPlan, task: CorpusTask, store: Store | None, out_dir: Path, *, resume: bool) -> engine.RunSpec:
+def check_split(batch_size: int, world: int) -> int:
+    """The sequences per rank when `world` ranks share a global batch of `batch_size`; refuses a
+    batch they cannot share equally."""
+    if batch_size % world:
+        lower, upper = batch_size // world * world, -(-batch_size // world) * world
+        choices = " or ".join(str(b) for b in (lower, upper) if b > 0)
+        raise UserError(f"a global batch of {batch_size} sequences cannot be split equally over {world} ranks; "
+                        f"pass --batch-size {choices}, or another multiple of {world}")
+    return batch_size // world
+
+
+def run_spec(plan: RunPlan, task: CorpusTask, store: Store | None, out_dir: Path, *, resume: bool,
+             ranks: Ranks | None = None) -> engine.RunSpec:
     """How the engine runs a corpus plan: its identity, optimizer, evaluations and store row."""
     t = plan.config.train
     counts = count_params(plan.model)
@@ -227,14 +255,17 @@ def run_spec(plan: RunPlan, task: CorpusTask, store: Store | None, out_dir: Path
         seed=t.seed, device=t.device, dtype=t.dtype, threads=t.threads, eval_steps=plan.eval_steps,
         snapshot_steps=plan.snapshot_steps, init_from=Path(plan.init_from) if plan.init_from else None,
         first_step=int(plan.extra.get("init_from_step") or 0), extendable=plan.extendable, store=store, row=row,
-        resume=resume, checkpoint_every=t.checkpoint_every, compile=t.compile,
+        resume=resume, checkpoint_every=t.checkpoint_every, compile=t.compile, ranks=ranks,
     )
 
 
-def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path, *, resume: bool = False,
+def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store | None, out_dir: Path, *, resume: bool = False,
               reporter: Reporter | None = None, stop_at_step: int | None = None,
-              on_step: Callable[[int, float], None] | None = None) -> RunResult:
+              on_step: Callable[[int, float], None] | None = None, ranks: Ranks | None = None) -> RunResult:
     """Train one run to the end of its plan (or to `stop_at_step`, for tests and tooling).
+
+    ranks: this process's rank of a data-parallel run (`scalinglab.device.join_ranks`); rank 0
+    records in `store` (the others pass None: they write nothing) and returns the points.
 
     Raises `Diverged` after recording a NaN/inf loss, `Interrupted` after checkpointing on a
     signal, `UserError` when `out_dir` holds a different run or a run without `resume`.
@@ -242,23 +273,33 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store, out_dir: Path
     out_dir = Path(out_dir)
     if plan.corpus_key is not None and plan.corpus_key != corpus.key:
         raise UserError(f"this run was planned on corpus {plan.corpus_key} but is given {corpus.key}; plan it again")
-    check_run_memory(plan)
+    world = ranks.world if ranks is not None else 1
+    check_split(plan.batch_size, world)
+    check_run_memory(plan, ranks=world)
     task = CorpusTask(plan, corpus)
-    spec = run_spec(plan, task, store, out_dir, resume=resume)
+    spec = run_spec(plan, task, store, out_dir, resume=resume, ranks=ranks)
     outcome = engine.train(task, spec, out_dir, reporter=reporter, stop_at_step=stop_at_step, on_step=on_step)
-    return RunResult(outcome.run_id, outcome.status, out_dir, outcome.steps, store.points(outcome.run_id))
+    points = store.points(outcome.run_id) if store is not None else outcome.points
+    return RunResult(outcome.run_id, outcome.status, out_dir, outcome.steps, points)
 
 
-def check_run_memory(plan: RunPlan, processes: int = 1) -> None:
-    """Refuse in one line, before any model is built, a run whose training cannot fit in memory."""
+def check_run_memory(plan: RunPlan, processes: int = 1, *, ranks: int = 1) -> None:
+    """Refuse in one line, before any model is built, a run whose training cannot fit in memory.
+    ranks: data-parallel ranks sharing the batch (on CPU they share the machine's memory; on
+    CUDA each has its own GPU)."""
     device_type, dtype = resolved_precision(plan.config.train.device, plan.config.train.dtype)
     n = count_params(plan.model).non_embedding
-    estimate = training_memory(plan.model, plan.batch_size, plan.seq_len, bf16=dtype == "bfloat16")
+    batch = plan.batch_size // ranks
+    estimate = training_memory(plan.model, batch, plan.seq_len, bf16=dtype == "bfloat16")
     available = available_memory("cuda" if device_type == "cuda" else "cpu")
+    if device_type != "cuda":
+        processes *= ranks
+    if estimate.total * processes <= available:
+        return  # the hint below searches model shapes (seconds): worth its time only when refusing
     fix = "try " + largest_that_fits(plan.model.vocab_size, plan.seq_len, available / processes,
                                      batch_size=plan.config.train.batch_size, bf16=dtype == "bfloat16")
-    check_memory({f"a run of N = {n:,} at batch {plan.batch_size}x{plan.seq_len}": estimate}, processes=processes,
-                 device=device_type, available=available, fix=fix)
+    label = f"a run of N = {n:,} at batch {plan.batch_size}x{plan.seq_len}" + (f" over {ranks} ranks" if ranks > 1 else "")
+    check_memory({label: estimate}, processes=processes, device=device_type, available=available, fix=fix)
 
 
 def make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
