@@ -134,3 +134,21 @@ def test_a_run_is_refused_before_training_when_its_checkpoints_cannot_fit_on_dis
     with pytest.raises(UserError, match=r"will write ~.* but its filesystem has .* free; free space or choose another"):
         train_run(plan_run(cfg, corpus), corpus, open_store(tmp_path / "s.db"), tmp_path / "run")
     assert not (tmp_path / "run" / "train_loss.f32").exists()  # nothing trained
+
+
+def test_a_full_disk_while_preparing_a_corpus_is_one_line_and_leaves_no_half_corpus(tmp_path, monkeypatch):
+    import errno
+
+    from scalinglab.corpus import CorpusConfig, prepare, prepare_corpus
+
+    text = tmp_path / "text.txt"
+    text.write_text("a line of text for the corpus\n" * 3000)
+
+    def full(out, *args, **kwargs):
+        (out / "train.bin").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prepare, "_write_corpus", full)
+    with pytest.raises(UserError, match="no space left to write .*; free space and rerun"):
+        prepare_corpus(CorpusConfig(source=str(text)), tmp_path / "cache")
+    assert not list((tmp_path / "cache").iterdir())  # the half-built folder is gone

@@ -34,7 +34,7 @@ import numpy as np
 from scalinglab.corpus.sources import Source, SourceSpec, read_source
 from scalinglab.corpus.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, tokenizer_spec
 from scalinglab.errors import UserError
-from scalinglab.fsutil import publish_dir
+from scalinglab.fsutil import disk_errors, publish_dir
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -208,8 +208,9 @@ def prepare_corpus(cfg: CorpusConfig | None = None, cache_dir: Path | None = Non
     # Build in a temporary directory and rename: a killed prepare never leaves a half corpus.
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
     try:
-        _write_corpus(tmp, source, cfg, tok_spec, key)
-        publish_dir(tmp, final)  # a concurrent twin may have published it first: same content
+        with disk_errors(final):  # a full disk while building: one line, nothing half-built left
+            _write_corpus(tmp, source, cfg, tok_spec, key)
+            publish_dir(tmp, final)  # a concurrent twin may have published it first: same content
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return PreparedCorpus(final)
