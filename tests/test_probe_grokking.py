@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from scalinglab.errors import UserError
-from scalinglab.probes.grokking import GROKKING_OPTIM, GrokConfig, _grokfast_filter, critical_fraction, train_grokking
+from scalinglab.probes.grokking import GROKKING_OPTIM, GrokConfig, _grokfast_filter, train_grokking
+from scalinglab.probes.grokking_sweeps import critical_fraction
 from scalinglab.probes.modular import (
     ModularTask,
     effective_frequencies,

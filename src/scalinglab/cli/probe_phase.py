@@ -58,6 +58,7 @@ def grokking(
 
     from scalinglab.config import build_config
     from scalinglab.probes import grokking as grok
+    from scalinglab.probes import grokking_sweeps as sweeps
     from scalinglab.store import open_store
     from scalinglab.train import Diverged, Interrupted
 
@@ -74,12 +75,12 @@ def grokking(
     fig_dir = figures or out / "figures"
     try:
         if sweep_values is not None:
-            sweep, runs = grok.sweep_fractions(cfg, sweep_values, out, db=db, workers=workers, figures=fig_dir,
+            sweep, runs = sweeps.sweep_fractions(cfg, sweep_values, out, db=db, workers=workers, figures=fig_dir,
                                                console=err_console)
-            lines, paths = grok.sweep_lines(sweep), sweep.figures
+            lines, paths = sweeps.sweep_lines(sweep), sweep.figures
         elif compare_grokfast:
-            result, runs = grok.compare_grokfast(cfg, out, db=db, workers=workers, figures=fig_dir, console=err_console)
-            lines, paths = grok.grokfast_lines(result, runs), result["figures"]
+            result, runs = sweeps.compare_grokfast(cfg, out, db=db, workers=workers, figures=fig_dir, console=err_console)
+            lines, paths = sweeps.grokfast_lines(result, runs), result["figures"]
         else:
             runs = [_train_one(cfg, out / cfg.run_id, db, fig_dir, quiet)]
             lines, paths = grok.run_lines(runs[0]), runs[0].figures

@@ -16,7 +16,8 @@ from scalinglab.report.figures import save
 
 if TYPE_CHECKING:
     from scalinglab.probes.facts_rules import FactsRulesResult
-    from scalinglab.probes.grokking import FractionSweep, GrokRun
+    from scalinglab.probes.grokking import GrokRun
+    from scalinglab.probes.grokking_sweeps import FractionSweep
     from scalinglab.probes.repetition import RepetitionResult
 
 
