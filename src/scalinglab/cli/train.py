@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -59,6 +58,7 @@ def train(
     from scalinglab.progress import RichReporter
     from scalinglab.store import open_store
     from scalinglab.train import Diverged, Interrupted, plan_run, train_run
+    from scalinglab.train.launch import launch_ranks, without_nproc
     from scalinglab.train.loop import check_run_memory, check_split
 
     if nproc is not None and nproc < 1:
@@ -86,7 +86,7 @@ def train(
         plan = plan_run(cfg, prepare_corpus(cfg.corpus, cache_dir))
         check_split(plan.batch_size, nproc)
         check_run_memory(plan, ranks=nproc)
-        raise typer.Exit(launch_ranks(nproc, _without_nproc(sys.argv[1:])))
+        raise typer.Exit(launch_ranks(nproc, without_nproc(sys.argv[1:])))
     ranks = join_ranks(cfg.train.device)
     lead = ranks is None or ranks.lead
     say = err_console.print if lead else (lambda *args, **kwargs: None)
@@ -137,46 +137,6 @@ def train(
             f"points in {db}",
             highlight=False,
         )
-
-
-def _without_nproc(args: list[str]) -> list[str]:
-    """Command-line arguments less `--nproc K` / `--nproc=K`."""
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            kept.append(arg)
-    return kept
-
-
-def launch_ranks(nproc: int, args: list[str]) -> int:
-    """Run `python -m scalinglab ARGS` as `nproc` ranks through torch.distributed.run on this
-    machine (a free port, one torch thread per rank); returns the exit code of the first rank
-    that failed (the ranks end alike: 2 refused, 1 diverged, 130 stopped), 0 when all are done."""
-    import logging
-
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser
-    from torch.distributed.run import run as torchrun
-
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    for name in list(logging.root.manager.loggerDict):  # the ranks say what happened
-        if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    launcher = get_args_parser().parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "scalinglab", *args])
-    try:
-        torchrun(launcher)
-    except ChildFailedError as exc:
-        # the cause: the first rank that exited by itself (torchrun then signals the others)
-        code = min(exc.failures.values(), key=lambda failure: (failure.exitcode < 0, failure.timestamp)).exitcode
-        return code if code >= 0 else 128 - code
-    except SignalException:  # Ctrl-C or SIGTERM: passed on to the ranks, which stop after the same step
-        return 130
-    return 0
 
 
 @app.command()
