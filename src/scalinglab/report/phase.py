@@ -12,22 +12,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from scalinglab.report.figures import save
+from scalinglab.report.figures import pyplot, save
 
 if TYPE_CHECKING:
     from scalinglab.probes.facts_rules import FactsRulesResult
     from scalinglab.probes.grokking import GrokRun
     from scalinglab.probes.grokking_sweeps import FractionSweep
     from scalinglab.probes.repetition import RepetitionResult
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig, path: Path) -> Path:
@@ -57,7 +48,7 @@ def _mark_transitions(ax, run: "GrokRun") -> None:
 def grokking_curves(run: "GrokRun", path: Path) -> Path:
     """Six panels: accuracy, loss, weight norm, Fourier sparsity, restricted/excluded loss and
     the final embedding's Fourier spectrum."""
-    plt = _pyplot()
+    plt = pyplot()
     h = run.history
     h = h[h.epoch > 0]  # log-x axes
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
@@ -122,7 +113,7 @@ def grokking_curves(run: "GrokRun", path: Path) -> Path:
 
 def grokking_fraction_sweep(sweep: "FractionSweep", runs: Sequence["GrokRun"], path: Path) -> Path:
     """Epochs to memorise / generalise against the training fraction, and the test-accuracy curves."""
-    plt = _pyplot()
+    plt = pyplot()
     t = sweep.table
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     ok = t.status == "generalised"
@@ -149,7 +140,7 @@ def grokking_fraction_sweep(sweep: "FractionSweep", runs: Sequence["GrokRun"], p
 
 def grokking_grokfast(plain: "GrokRun", fast: "GrokRun", path: Path) -> Path:
     """Train and test accuracy with and without Grokfast, against epochs and against seconds."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for run, label, color in ((plain, "AdamW", "tab:blue"), (fast, "AdamW + Grokfast", "tab:red")):
         h = run.history[run.history.epoch > 0]
@@ -167,7 +158,7 @@ def grokking_grokfast(plain: "GrokRun", fast: "GrokRun", path: Path) -> Path:
 
 def facts_rules_figure(result: "FactsRulesResult", path: Path) -> Path:
     """Facts recalled and bits stored against the data, and the rule's accuracy on unseen keys."""
-    plt = _pyplot()
+    plt = pyplot()
     t = result.table
     cfg = result.config
     n = result.n_params[result.n_params["convention"]]
@@ -217,7 +208,7 @@ def facts_rules_figure(result: "FactsRulesResult", path: Path) -> Path:
 def repetition_figure(result: "RepetitionResult", path: Path) -> Path:
     """Val loss against epochs with Muennighoff's prediction, the value of a repeated token, the
     fresh-data curve, and val loss against the junk share."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     rep, fresh, junk = result.rows("repeated"), result.rows("fresh"), result.rows("junk")
     fit = result.fresh_fit

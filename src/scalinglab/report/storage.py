@@ -6,16 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scalinglab.report.figures import save
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from scalinglab.report.figures import pyplot, save
 
 
 def _save(fig, path: Path) -> Path:
@@ -35,7 +26,7 @@ def _log_x(ax) -> None:
 def capacity_figures(result, out_dir: Path | str) -> list[Path]:
     """memorised bits vs data bits per model with capacity lines; capacity vs P with α·P; the
     held-out excess loss (double descent) vs data bits / capacity."""
-    plt = _plt()
+    plt = pyplot()
     out_dir = Path(out_dir)
     runs, models, fit = result.runs, result.models, result.fit
     colors = plt.cm.viridis(np.linspace(0.1, 0.85, len(models)))
@@ -87,7 +78,7 @@ def capacity_figures(result, out_dir: Path | str) -> list[Path]:
 
 def memorisation_figures(result, out_dir: Path | str) -> list[Path]:
     """memorised (both estimates) and generalised bits vs D/N against α·P; membership AUC vs D/N."""
-    plt = _plt()
+    plt = pyplot()
     out_dir = Path(out_dir)
     rows = result.rows.sort_values("tokens_per_param")
     x = rows["tokens_per_param"]
