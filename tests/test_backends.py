@@ -115,3 +115,22 @@ def test_backend_input_errors_are_one_line(run_cli, text_corpus, tmp_path, monke
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     code, _, err = run_cli(*base, "--backend", "ray")
     assert code == 2 and "pip install 'scalinglab[ray]'" in err and err.strip().splitlines()[-1].startswith("error:")
+
+
+def test_a_probe_on_ray_gives_the_local_numbers(tmp_path):
+    from scalinglab.probes.capacity import CapacityConfig, run_capacity
+    from scalinglab.probes.common import probe_optim
+
+    cfg = CapacityConfig(models=((1, 8), (1, 16)), vocab_size=16, seq_len=9, data_bits_per_param=(1.0, 4.0),
+                         steps=60, optim=probe_optim(lr=1e-2, schedule="cosine", warmup=10), eval_points=4,
+                         heldout_sequences=32)
+    local = run_capacity(cfg, tmp_path / "local", tmp_path / "local.db", workers=2)
+    try:
+        on_ray = run_capacity(cfg, tmp_path / "ray", tmp_path / "ray.db", workers=2, backend=BackendSpec("ray"))
+    finally:
+        ray.shutdown()
+    columns = ["model", "n_sequences", "memorised_bits", "steps", "run_id"]
+    assert on_ray.runs[columns].equals(local.runs[columns])
+    stored = open_store(tmp_path / "ray.db").runs()  # the workers' journals, applied by the driver
+    assert {r["status"] for r in stored} == {"done"}
+    assert len(stored) == len(open_store(tmp_path / "local.db").runs())

@@ -7,7 +7,16 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import CONFIG_HELP, DEFAULT_DB, SET_HELP, console, err_console
+from scalinglab.cli.app import (
+    ADDRESS_HELP,
+    BACKEND_HELP,
+    CONFIG_HELP,
+    DEFAULT_DB,
+    SET_HELP,
+    backend_spec,
+    console,
+    err_console,
+)
 from scalinglab.cli.probe import probe_app
 from scalinglab.errors import UserError
 
@@ -52,6 +61,8 @@ def grokking(
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) | cuda | auto."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Grokking on modular arithmetic: epochs to memorise and to generalise, progress measures."""
@@ -71,15 +82,17 @@ def grokking(
                        grokfast_lamb=grokfast_lambda, stop_after=stop_after, eval_every=eval_every,
                        device=device).resolved()
     sweep_values = _fractions(fractions, "--fractions") if fractions is not None else None
+    spec = backend_spec(backend, address)
     open_store(db)  # fail early on a bad --db
     fig_dir = figures or out / "figures"
     try:
         if sweep_values is not None:
             sweep, runs = sweeps.sweep_fractions(cfg, sweep_values, out, db=db, workers=workers, figures=fig_dir,
-                                               console=err_console)
+                                                 console=err_console, backend=spec)
             lines, paths = sweeps.sweep_lines(sweep), sweep.figures
         elif compare_grokfast:
-            result, runs = sweeps.compare_grokfast(cfg, out, db=db, workers=workers, figures=fig_dir, console=err_console)
+            result, runs = sweeps.compare_grokfast(cfg, out, db=db, workers=workers, figures=fig_dir,
+                                                   console=err_console, backend=spec)
             lines, paths = sweeps.grokfast_lines(result, runs), result["figures"]
         else:
             runs = [_train_one(cfg, out / cfg.run_id, db, fig_dir, quiet)]
@@ -227,6 +240,8 @@ def facts_rules(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the data, the rule and the initialisation (default 0)."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     workers: int = typer.Option(1, "--workers", help="Fits in parallel (one core each)."),
     out: Path = typer.Option(Path("runs/probes/facts-rules"), "--out", help="Folder of the fit directories."),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
@@ -248,7 +263,7 @@ def facts_rules(
     open_store(db)
     try:
         result = run_facts_rules(cfg, out, db=db, workers=workers, figures=figures or out / "figures",
-                                 console=err_console)
+                                 console=err_console, backend=backend_spec(backend, address))
     except (KeyboardInterrupt, Interrupted):
         err_console.print("stopped; run the same command again to continue (finished fits are kept)")
         raise typer.Exit(130)

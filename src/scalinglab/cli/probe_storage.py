@@ -7,7 +7,17 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import CONFIG_HELP, DEFAULT_DB, SET_HELP, console, err_console, parse_number
+from scalinglab.cli.app import (
+    ADDRESS_HELP,
+    BACKEND_HELP,
+    CONFIG_HELP,
+    DEFAULT_DB,
+    SET_HELP,
+    backend_spec,
+    console,
+    err_console,
+    parse_number,
+)
 from scalinglab.cli.probe import probe_app
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
@@ -41,6 +51,8 @@ def capacity(
     device: Optional[str] = typer.Option(None, help="cpu (default) | cuda | cuda:N."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     out: Path = typer.Option(Path("runs/probes/capacity"), help="Folder of the fits (resumable)."),
     figures: Optional[Path] = typer.Option(None, help="Folder for the figures (default: OUT/figures)."),
@@ -56,7 +68,8 @@ def capacity(
                        data_bits_per_param=_numbers(bits_per_param, "--bits-per-param") if bits_per_param else None,
                        max_batch_tokens=batch_tokens, seed=seed, device=device)
     _check_db(db)
-    result = run_capacity(cfg, out, db, workers=workers, figures=figures or out / "figures", console=err_console)
+    result = run_capacity(cfg, out, db, workers=workers, figures=figures or out / "figures", console=err_console,
+                          backend=backend_spec(backend, address))
     paths = result.figures
     _print_capacity(result)
     console.print(f"figures: {', '.join(str(p) for p in paths)}; summary stored in {db} "

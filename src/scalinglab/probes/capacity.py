@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scalinglab.backends import BackendSpec
 from scalinglab.config import OptimConfig
 from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, count_params, flops_per_token
@@ -427,7 +428,7 @@ def capacity_jobs(cfg: CapacityConfig, out_dir: Path, db: Path | None) -> list[C
 
 
 def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None = None, *, workers: int = 2,
-                 figures: Path | str | None = None, console=None) -> CapacityResult:
+                 figures: Path | str | None = None, console=None, backend: BackendSpec | None = None) -> CapacityResult:
     """Run (or resume) every (model, data set) fit, fit α and store the summary.
 
     Finished fits are loaded from `out_dir`, never retrained. With `db`, every fit is a run of
@@ -444,7 +445,7 @@ def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None
         store = open_store(db_path)  # fail early on a bad --db
     jobs = sorted(capacity_jobs(cfg, out_dir, db_path), key=lambda j: -j.cost())
     rows = run_parallel(run_capacity_job, jobs, workers=workers, label="capacity", describe=lambda j: j.label,
-                        console=console)
+                        console=console, backend=backend, work_dir=out_dir)
     order = {shape: i for i, shape in enumerate(cfg.models)}
     runs = pd.DataFrame(rows)
     runs = runs.sort_values(by=["model", "n_sequences"], key=lambda c: c.map(
@@ -455,7 +456,8 @@ def run_capacity(cfg: CapacityConfig, out_dir: Path | str, db: Path | str | None
                          steps=cfg.steps // 2)
              for r in capacity_runs(runs).itertuples() if not r.stopped_early]
     twin_rows = run_parallel(run_capacity_job, twins, workers=workers, label="capacity: half-length twins",
-                             describe=lambda j: j.label, console=console) if twins else []
+                             describe=lambda j: j.label, console=console, backend=backend,
+                             work_dir=out_dir) if twins else []
     models = model_table(runs, {row["model"]: row["memorised_bits"] for row in twin_rows})
     result = CapacityResult(config=cfg, runs=runs, twins=pd.DataFrame(twin_rows), models=models,
                             fit=fit_alpha(models["params"].to_numpy(), models["capacity_bits"].to_numpy(), "total"),

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from scalinglab.backends import BackendSpec, open_backend
 from scalinglab.config import OptimConfig, config_hash
 from scalinglab.errors import UserError
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params, flops_per_token
@@ -374,7 +375,8 @@ def probe_results(store: Store, probe: str) -> list[dict]:
 # --- many small fits in parallel -----------------------------------------------------------------
 
 def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int | None = None,
-                 label: str = "probe", describe: Callable[[Any], str] = str, console=None) -> list[Any]:
+                 label: str = "probe", describe: Callable[[Any], str] = str, console=None,
+                 backend: BackendSpec | None = None, work_dir: Path | str = ".") -> list[Any]:
     """`[fn(job) for job in jobs]` on `workers` processes (`scalinglab.backends.local.map_jobs`: one
     torch thread each; a worker that dies is replaced and its job retried; default: one per CPU
     core), with a progress bar over the jobs. `fn` and the jobs must be picklable (a
@@ -385,6 +387,9 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int 
     new ones; its `UserError` is raised here as a `UserError`, an interrupted job (Ctrl-C: each
     running fit checkpoints and stops) as `KeyboardInterrupt`. Finished jobs are in their
     directories, so rerunning the same work resumes it.
+
+    `backend` (default: this machine's processes) runs the jobs elsewhere, e.g. on a Ray cluster;
+    `work_dir` is the folder of their run directories (on a cluster, shared by every node).
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -397,6 +402,13 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int 
                         TextColumn("{task.fields[last]}"), console=console or Console(stderr=True))
     with progress:
         task = progress.add_task(label, total=len(jobs), last="")
+        on_done = lambda i, _value: progress.update(task, advance=1, last=describe(jobs[i]))  # noqa: E731
+        if backend is not None and backend.name != "local":
+            pool = open_backend(backend, workers=workers, work_dir=work_dir)
+            try:
+                return map_jobs(_call, [(fn, job) for job in jobs], workers=workers, on_done=on_done, backend=pool)
+            finally:
+                pool.close()
         if workers <= 1 or len(jobs) <= 1:
             results = []
             with keep_torch_threads():
@@ -408,8 +420,7 @@ def run_parallel(fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int 
                         raise KeyboardInterrupt(str(exc)) from None
                     progress.update(task, advance=1, last=describe(job))
             return results
-        return map_jobs(_call, [(fn, job) for job in jobs], workers=workers,
-                        on_done=lambda i, _value: progress.update(task, advance=1, last=describe(jobs[i])))
+        return map_jobs(_call, [(fn, job) for job in jobs], workers=workers, on_done=on_done)
 
 
 def _call(item: tuple[Callable[[Any], Any], Any]) -> Any:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from scalinglab.backends import BackendSpec
 from scalinglab.config import OptimConfig, config_hash
 from scalinglab.errors import UserError
 from scalinglab.model import ModelConfig, count_params
@@ -298,7 +299,8 @@ class FactsRulesResult:
 
 
 def run_facts_rules(cfg: FactsRulesConfig, out_root: Path | str, *, db: Path | str | None = None, workers: int = 1,
-                    figures: Path | str | None = None, console=None) -> FactsRulesResult:
+                    figures: Path | str | None = None, console=None,
+                    backend: BackendSpec | None = None) -> FactsRulesResult:
     """One fit per dataset size (resumable; finished fits are loaded), then the summary, and with
     `figures` a folder to draw its figure in (recorded in the store with `db`)."""
     out_root = Path(out_root)
@@ -306,7 +308,8 @@ def run_facts_rules(cfg: FactsRulesConfig, out_root: Path | str, *, db: Path | s
     # Largest first: with several workers the longest fits start early.
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i].n_items)
     finished = run_parallel(_fit_one, [jobs[i] for i in order], workers=workers, label="facts-rules",
-                            console=console, describe=lambda job: f"D={job.n_items}")
+                            console=console, describe=lambda job: f"D={job.n_items}", backend=backend,
+                            work_dir=out_root)
     rows = sorted(finished, key=lambda r: r["n_items"])
     histories = {r["n_items"]: r.pop("history") for r in rows}
     table = pd.DataFrame(rows)

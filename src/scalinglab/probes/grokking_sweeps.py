@@ -11,6 +11,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from scalinglab.backends import BackendSpec
 from scalinglab.config import config_hash
 from scalinglab.errors import UserError
 from scalinglab.probes.common import put_probe_result, run_parallel
@@ -23,11 +24,12 @@ def run_dir(out_root: Path | str, cfg: GrokConfig) -> Path:
 
 
 def run_many(configs: Sequence[GrokConfig], out_root: Path | str, *, db: Path | str | None = None,
-             workers: int = 1, console=None) -> list[GrokRun]:
-    """Train (or resume, or load) several runs, `workers` at a time, with a progress bar over runs."""
+             workers: int = 1, console=None, backend: BackendSpec | None = None) -> list[GrokRun]:
+    """Train (or resume, or load) several runs, `workers` at a time (on `backend`), with a progress
+    bar over runs."""
     jobs = [(cfg, str(run_dir(out_root, cfg)), None if db is None else str(db)) for cfg in configs]
     return run_parallel(_run_job, jobs, workers=workers, label="grokking", console=console,
-                        describe=lambda job: job[0].resolved().describe())
+                        describe=lambda job: job[0].resolved().describe(), backend=backend, work_dir=out_root)
 
 
 def _run_job(job: tuple[GrokConfig, str, str | None]) -> GrokRun:
@@ -58,13 +60,13 @@ class FractionSweep:
 
 def sweep_fractions(base: GrokConfig, fractions: Sequence[float], out_root: Path | str, *,
                     db: Path | str | None = None, workers: int = 1, figures: Path | str | None = None,
-                    console=None) -> tuple[FractionSweep, list[GrokRun]]:
+                    console=None, backend: BackendSpec | None = None) -> tuple[FractionSweep, list[GrokRun]]:
     """One run per training fraction (otherwise `base`); finds the critical data size. With
     `figures`, draws the sweep there (recorded in the store)."""
     if not fractions:
         raise UserError("--fractions needs at least one fraction, e.g. 0.2,0.3,0.4,0.5")
     configs = [dataclasses.replace(base, train_frac=float(f)).resolved() for f in sorted(set(fractions))]
-    runs = run_many(configs, out_root, db=db, workers=workers, console=console)
+    runs = run_many(configs, out_root, db=db, workers=workers, console=console, backend=backend)
     table = pd.DataFrame([{
         "train_frac": r.config.train_frac, "n_train": r.n_train, "memorised_epoch": r.memorised_epoch,
         "generalised_epoch": r.generalised_epoch, "seconds_to_generalise": r.seconds_to_generalise,
@@ -107,12 +109,13 @@ def critical_fraction(table: pd.DataFrame) -> tuple[float | None, float | None]:
 
 
 def compare_grokfast(base: GrokConfig, out_root: Path | str, *, db: Path | str | None = None, workers: int = 1,
-                     figures: Path | str | None = None, console=None) -> tuple[dict, list[GrokRun]]:
+                     figures: Path | str | None = None, console=None,
+                     backend: BackendSpec | None = None) -> tuple[dict, list[GrokRun]]:
     """The same run with and without Grokfast: epochs and seconds to generalise, and their ratio
     (with `figures`, the two runs' curves drawn there and recorded)."""
     plain = dataclasses.replace(base, grokfast=False).resolved()
     fast = dataclasses.replace(base, grokfast=True).resolved()
-    runs = run_many([plain, fast], out_root, db=db, workers=workers, console=console)
+    runs = run_many([plain, fast], out_root, db=db, workers=workers, console=console, backend=backend)
     p, g = runs[0], runs[1]
     speedup = (p.generalised_epoch / g.generalised_epoch
                if p.generalised_epoch and g.generalised_epoch else None)
