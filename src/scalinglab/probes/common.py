@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -61,14 +61,14 @@ def probe_optim(**changes: Any) -> OptimConfig:
     return replace(PROBE_OPTIM, **changes)
 
 
-def flat_optim(data: dict, default: OptimConfig, keep: tuple[str, ...]) -> dict:
-    """A probe config's dict (`asdict`) with its `optim` section laid out as the flat fields the
-    probe's results and folders were first keyed by (`keep`); other optimizer settings enter only
-    where they differ from the probe's default, so existing keys stay the same."""
+def flat_optim(data: dict, default: OptimConfig, keep: tuple[str, ...], prefix: str = "optim.") -> dict:
+    """A config's dict (`asdict`) with its `optim` section laid out as the flat fields its results
+    and folders were first keyed by (`keep`); other optimizer settings enter (named `prefix` +
+    field) only where they differ from `default`, so existing keys stay the same."""
     data = dict(data)
     optim = data.pop("optim")
     data.update({k: optim[k] for k in keep})
-    data.update({f"optim.{k}": v for k, v in optim.items() if k not in keep and v != getattr(default, k)})
+    data.update({prefix + k: v for k, v in optim.items() if k not in keep and v != getattr(default, k)})
     return data
 
 
@@ -119,17 +119,9 @@ class FitRecipe:
         """The recipe as fits are keyed by: the flat layout fit folders were first named with
         (so they keep resuming); settings added since enter only when changed from the value
         those fits used."""
-        o = self.optim
-        ident = {"steps": self.steps, "lr": o.lr, "warmup": o.warmup, "schedule": o.schedule,
-                 "cooldown_frac": o.cooldown_frac, "min_lr_frac": o.min_lr_frac, "batch_size": self.batch_size,
-                 "weight_decay": o.weight_decay, "beta1": o.beta1, "beta2": o.beta2, "eps": o.eps,
-                 "grad_clip": o.grad_clip, "eval_every": self.eval_every, "seed": self.seed, "device": self.device,
-                 "dtype": self.dtype, "threads": self.threads, "checkpoint_every": self.checkpoint_every}
-        if o.cooldown_shape != "1-sqrt":
-            ident["cooldown_shape"] = o.cooldown_shape
-        if o.decay != "matrices":
-            ident["decay"] = o.decay
-        return ident
+        keep = ("lr", "warmup", "schedule", "cooldown_frac", "min_lr_frac", "weight_decay", "beta1", "beta2", "eps",
+                "grad_clip")
+        return flat_optim(asdict(self), PROBE_OPTIM, keep, prefix="")
 
 
 @dataclass

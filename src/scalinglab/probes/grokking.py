@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from scalinglab.config import OptimConfig, config_hash
 from scalinglab.errors import UserError
 from scalinglab.fsutil import atomic_open, atomic_write_json
-from scalinglab.probes.common import probe_kind, put_probe_result
+from scalinglab.probes.common import flat_optim, probe_kind, put_probe_result
 from scalinglab.probes.modular import (
     MODELS,
     ModularTask,
@@ -151,12 +151,9 @@ class GrokConfig:
         optimizer's settings keep the flat names runs were first keyed by; settings added since
         enter only when changed from the grokking recipe."""
         keep = ("p", "op", "train_frac", "model", "grokfast", "seed", "eval_every", "snapshot_every", "fourier_top")
-        o = self.optim
         ident = {k: getattr(self, k) for k in keep}
-        ident.update(lr=o.lr, weight_decay=o.weight_decay, beta1=o.beta1, beta2=o.beta2, warmup=o.warmup)
-        for name in ("schedule", "cooldown_frac", "cooldown_shape", "min_lr_frac", "decay", "eps", "grad_clip"):
-            if getattr(o, name) != getattr(GROKKING_OPTIM, name):
-                ident[f"optim.{name}"] = getattr(o, name)
+        ident.update(flat_optim({"optim": dataclasses.asdict(self.optim)}, GROKKING_OPTIM,
+                                ("lr", "weight_decay", "beta1", "beta2", "warmup")))
         if self.grokfast:
             ident.update(grokfast_alpha=self.grokfast_alpha, grokfast_lamb=self.grokfast_lamb)
         return {"probe": PROBE, **ident}
