@@ -78,6 +78,7 @@ class JournalReader:
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.offsets: dict[Path, int] = {}
+        self.stores: dict[str, Store] = {}  # opened once: opening checks the schema
 
     def apply(self) -> int:
         """Apply what was written since the last call; returns the number of lines applied."""
@@ -93,7 +94,7 @@ class JournalReader:
             for line in lines:
                 by_db.setdefault(line["db"], []).append(line)
             for db, ops in by_db.items():
-                apply_ops(Store(Path(db)), ops)
+                apply_ops(self.stores.setdefault(db, Store(Path(db))), ops)
             applied += len(lines)
         return applied
 

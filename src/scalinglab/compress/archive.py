@@ -157,9 +157,9 @@ def load_compressor(path: str | Path) -> Compressor:
     from scalinglab.train.checkpoint import load_model, resolve_checkpoint, tokenizer_from_checkpoint
 
     # the checkpoint is read whole (weights and optimizer state), then a batch's key/value cache
-    need = 2 * resolve_checkpoint(path).stat().st_size + BATCH_BUDGET_BYTES
-    if need > available_memory("cpu"):
-        raise UserError(f"compressing with {path} needs ~{gib(need)} of memory but {gib(available_memory('cpu'))} "
+    need, available = 2 * resolve_checkpoint(path).stat().st_size + BATCH_BUDGET_BYTES, available_memory("cpu")
+    if need > available:
+        raise UserError(f"compressing with {path} needs ~{gib(need)} of memory but {gib(available)} "
                         "is available; free memory or use a smaller model")
     try:
         model, payload = load_model(path)

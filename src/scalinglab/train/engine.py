@@ -521,11 +521,11 @@ def keep_torch_threads() -> Iterator[None]:
 
 def read_metrics(out_dir: Path | str, upto: int | None = None) -> list[dict]:
     """The evaluation lines of a run directory (up to step `upto`). A line torn by a kill is
-    skipped; a directory from before the one engine (history.jsonl) is read the same way."""
+    skipped; a directory from before the one engine is read from its history.jsonl."""
     out_dir = Path(out_dir)
     path = out_dir / "metrics.jsonl"
-    if not path.exists() and (out_dir / "history.jsonl").exists():
-        (out_dir / "history.jsonl").rename(path)
+    if not path.exists():
+        path = out_dir / "history.jsonl"  # a resumed run rewrites it as metrics.jsonl
     if not path.exists():
         return []
     points = []
