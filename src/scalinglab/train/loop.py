@@ -283,7 +283,7 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store | None, out_di
     return RunResult(outcome.run_id, outcome.status, out_dir, outcome.steps, points)
 
 
-def check_run_memory(plan: RunPlan, processes: int = 1, *, ranks: int = 1) -> None:
+def check_run_memory(plan: RunPlan, *, ranks: int = 1) -> None:
     """Refuse in one line, before any model is built, a run whose training cannot fit in memory.
     ranks: data-parallel ranks sharing the batch (on CPU they share the machine's memory; on
     CUDA each has its own GPU)."""
@@ -292,8 +292,7 @@ def check_run_memory(plan: RunPlan, processes: int = 1, *, ranks: int = 1) -> No
     batch = plan.batch_size // ranks
     estimate = training_memory(plan.model, batch, plan.seq_len, bf16=dtype == "bfloat16")
     available = available_memory("cuda" if device_type == "cuda" else "cpu")
-    if device_type != "cuda":
-        processes *= ranks
+    processes = 1 if device_type == "cuda" else ranks  # on CPU the ranks share the machine's memory
     if estimate.total * processes <= available:
         return  # the hint below searches model shapes (seconds): worth its time only when refusing
     fix = "try " + largest_that_fits(plan.model.vocab_size, plan.seq_len, available / processes,
