@@ -1,11 +1,13 @@
-"""Backends: the same study on this machine's workers and on a private Ray cluster, surviving a
-killed worker, journals the driver applies, and one-line errors for what a user can get wrong."""
+"""Backends: the same study on this machine's workers, on a private Ray cluster and on a Ray
+cluster of two nodes, surviving a killed worker, a lost node and a killed driver; journals the
+driver applies; and one-line errors for what a user can get wrong."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -41,8 +43,9 @@ def local_reference(text_corpus, tmp_path_factory):
     return root / "s.db"
 
 
-def _held_lock_pid(out: Path) -> int | None:
-    """The pid of a process training one of the study's runs right now (its run folder's lock)."""
+def _held_lock_pids(out: Path) -> list[int]:
+    """The pids of the processes training the study's runs right now (their run folders' locks)."""
+    pids = []
     for lock in out.glob("*/runs/*/.lock"):
         with open(lock, "a+") as fh:
             try:
@@ -52,8 +55,8 @@ def _held_lock_pid(out: Path) -> int | None:
                 fh.seek(0)
                 text = fh.read().strip()
                 if text and (lock.parent / "train_loss.f32").exists():
-                    return int(text)
-    return None
+                    pids.append(int(text))
+    return pids
 
 
 def test_a_study_on_ray_gives_the_local_points_and_survives_a_killed_worker(text_corpus, tmp_path,
@@ -64,7 +67,7 @@ def test_a_study_on_ray_gives_the_local_points_and_survives_a_killed_worker(text
     def kill_one_running_job() -> None:
         deadline = time.time() + 240
         while not killed and time.time() < deadline:
-            pid = _held_lock_pid(tmp_path / "out")
+            pid = next(iter(_held_lock_pids(tmp_path / "out")), None)
             if pid is not None and pid != os.getpid():
                 os.kill(pid, signal.SIGKILL)  # a worker process dies mid-run, as kill -9 or OOM does
                 killed.append(pid)
@@ -134,3 +137,78 @@ def test_a_probe_on_ray_gives_the_local_numbers(tmp_path):
     stored = open_store(tmp_path / "ray.db").runs()  # the workers' journals, applied by the driver
     assert {r["status"] for r in stored} == {"done"}
     assert len(stored) == len(open_store(tmp_path / "local.db").runs())
+
+
+# --- a cluster of two nodes --------------------------------------------------------------------
+
+@pytest.fixture
+def two_nodes(monkeypatch):
+    """A Ray cluster of two simulated nodes on this machine, one CPU each; yields (cluster, the
+    node that is not the head)."""
+    import ray._private.ray_constants as ray_constants
+    from ray.cluster_utils import Cluster
+
+    # Ray replaces a loopback address by the machine's outward one when it thinks it runs on a
+    # real cluster; tests must stay on loopback (in a subprocess: this environment variable).
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    node = dict(num_cpus=1, node_ip_address="127.0.0.1", object_store_memory=80 * 2**20)
+    cluster = Cluster(initialize_head=True, head_node_args=dict(node, include_dashboard=False))
+    worker = cluster.add_node(**node)
+    try:
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _journal_nodes(study_dir: Path) -> set[str]:
+    return {path.name.split("-")[0] for path in (study_dir / "journal").glob("*.jsonl")}
+
+
+def test_a_study_on_two_nodes_gives_the_local_points_and_survives_losing_a_node(text_corpus, tmp_path, two_nodes,
+                                                                               local_reference):
+    cluster, worker = two_nodes
+    study = prepare_study(tiny_study(text_corpus), tmp_path / "s.db", tmp_path / "out")
+    removed: list[str] = []
+
+    def remove_the_worker_node_mid_run() -> None:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            # one CPU per node: two runs training at once means one of them is on the worker node
+            if len(_held_lock_pids(tmp_path / "out")) == 2:
+                cluster.remove_node(worker, allow_graceful=False)
+                removed.append(worker.node_id)
+                return
+            time.sleep(0.02)
+
+    remover = threading.Thread(target=remove_the_worker_node_mid_run, daemon=True)
+    remover.start()
+    tasks = execute(study, backend=BackendSpec("ray", address=cluster.address))
+    remover.join(timeout=5)
+    assert removed, "the worker node never ran a job"
+    assert all(t.status == "done" for t in tasks)
+    assert max(t.attempts for t in tasks) >= 2  # the run on the lost node was resubmitted and resumed
+    assert _points(tmp_path / "s.db") == _points(local_reference)  # none missing or doubled, same digits
+    assert removed[0][:12] in _journal_nodes(study.study_dir)  # runs landed on both nodes
+    assert len(_journal_nodes(study.study_dir)) == 2
+
+
+def test_a_killed_driver_reruns_without_redoing_finished_runs(text_corpus, tmp_path, two_nodes, local_reference):
+    cluster, _ = two_nodes
+    cmd = [sys.executable, "-m", "scalinglab", "study", "--name", "t", "--corpus", str(text_corpus),
+           "--sizes", "3e3,6e3", "--budget", "none", "--max-doublings", "1", "--set", "milestones_per_doubling=1",
+           "--seq-len", "32", "--set", "eval_tokens=1024", "--workers", "2", "--backend", "ray",
+           "--address", cluster.address, "--db", str(tmp_path / "s.db"), "--out", str(tmp_path / "out")]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not list((tmp_path / "out").glob("*/runs/*/DONE")) and time.time() < deadline:
+        time.sleep(0.05)
+    driver.kill()  # kill -9 of the driver, its runs mid-flight
+    driver.wait()
+    finished = {path: path.read_bytes() for path in (tmp_path / "out").glob("*/runs/*/DONE")}
+    assert finished, "no run finished before the driver was killed"
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert all(path.read_bytes() == marker for path, marker in finished.items())  # not redone
+    assert _points(tmp_path / "s.db") == _points(local_reference)

@@ -170,6 +170,8 @@ def repetition(
     config: Optional[Path] = typer.Option(None, help="TOML config with [corpus] [model] [optim] [train] sections."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     workers: int = typer.Option(1, "--workers", help="Runs in parallel (one core each)."),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     out: Path = typer.Option(Path("runs/probes/repetition"), "--out", help="Folder of the run directories."),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
@@ -201,7 +203,8 @@ def repetition(
     prepared = prepare_corpus(base.corpus, cache_dir)
     try:
         result = run_repetition(cfg, prepared, db=db, out_root=out, workers=workers,
-                                figures=figures or out / "figures", console=err_console)
+                                figures=figures or out / "figures", console=err_console,
+                                backend=backend_spec(backend, address))
     except (KeyboardInterrupt, Interrupted):
         err_console.print("stopped; run the same command again to continue (finished runs are kept)")
         raise typer.Exit(130)

@@ -126,6 +126,8 @@ def memorisation(
     device: Optional[str] = typer.Option(None, help="cpu (default) | cuda | cuda:N."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     # the folder keeps the older spelling so that reruns find (and resume) the runs already there
     out: Path = typer.Option(Path("runs/probes/memorization"), help="Folder of the runs (resumable)."),
@@ -149,7 +151,8 @@ def memorisation(
     cfg.corpus.validate()
     _check_db(db)
     result = run_memorisation(cfg, out, db, workers=workers, cache_dir=cache_dir, study=study,
-                              figures=figures or out / "figures", console=err_console)
+                              figures=figures or out / "figures", console=err_console,
+                              backend=backend_spec(backend, address))
     paths = result.figures
     _print_memorisation(result)
     console.print(f"figures: {', '.join(str(p) for p in paths)}; summary stored in {db} "

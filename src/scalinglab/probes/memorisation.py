@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from scalinglab.backends import BackendSpec
 from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig, resolve_model
 from scalinglab.corpus.prepare import CorpusConfig, PreparedCorpus, classical_bpb, prepare_corpus
 from scalinglab.errors import UserError
@@ -457,9 +458,10 @@ def resolve_alpha(store, cfg: MemorisationConfig) -> tuple[float, str]:
 
 def run_memorisation(cfg: MemorisationConfig, out_dir: Path | str, db: Path | str, *, workers: int = 2,
                      cache_dir: Path | None = None, study: str | None = None, figures: Path | str | None = None,
-                     console=None) -> MemorisationResult:
+                     console=None, backend: BackendSpec | None = None) -> MemorisationResult:
     """Train (or resume) every model and reference, score them, and store the summary; with
-    `figures`, draw the figures there (recorded in the store)."""
+    `figures`, draw the figures there (recorded in the store). `backend` runs the trainings and
+    scorings elsewhere (a Ray cluster: `out_dir` and the corpus cache on a shared filesystem)."""
     import pandas as pd
 
     from scalinglab.store import open_store
@@ -478,12 +480,13 @@ def run_memorisation(cfg: MemorisationConfig, out_dir: Path | str, db: Path | st
     ratios = sorted(set(cfg.tokens_per_param))
     train_jobs = [TrainJob(cfg, role, r, runs_dir, db, cache_dir) for r in ratios for role in ("model", "reference")]
     trained = run_parallel(run_train_job, train_jobs, workers=workers, label="memorisation: train",
-                           describe=lambda j: j.label, console=console)
+                           describe=lambda j: j.label, console=console, backend=backend, work_dir=out_dir)
     by_key = {(t["role"], t["ratio"]): t for t in trained}
     eval_jobs = [EvalJob(cfg, r, Path(by_key[("model", r)]["out_dir"]), Path(by_key[("reference", r)]["out_dir"]),
                          cache_dir) for r in ratios]
     rows = pd.DataFrame(run_parallel(run_eval_job, eval_jobs, workers=workers, label="memorisation: score",
-                                     describe=lambda j: f"D/N={j.ratio:g}", console=console))
+                                     describe=lambda j: f"D/N={j.ratio:g}", console=console, backend=backend,
+                                     work_dir=out_dir))
 
     alpha, source = resolve_alpha(store, cfg)
     bpt = data_bits_per_token(corpus)

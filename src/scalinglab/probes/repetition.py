@@ -34,6 +34,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from scalinglab.backends import BackendSpec
 from scalinglab.config import RunConfig, config_hash
 from scalinglab.corpus.prepare import PreparedCorpus
 from scalinglab.errors import UserError
@@ -186,13 +187,16 @@ def _run_job(job: _Job) -> dict:
 # --- the experiment --------------------------------------------------------------------------------
 
 def run_repetition(cfg: RepetitionConfig, corpus: PreparedCorpus, *, db: Path | str, out_root: Path | str,
-                   workers: int = 1, figures: Path | str | None = None, console=None) -> RepetitionResult:
+                   workers: int = 1, figures: Path | str | None = None, console=None,
+                   backend: BackendSpec | None = None) -> RepetitionResult:
     """Train every run not yet done, then compare with the predictions; stored under the result
-    kind "probe:repetition", with its figure drawn in `figures` (and recorded) when given."""
+    kind "probe:repetition", with its figure drawn in `figures` (and recorded) when given.
+    `backend` trains the runs elsewhere (a Ray cluster: `out_root` and the corpus cache on a
+    shared filesystem; the junk corpora are built here, before any run starts)."""
     db, out_root = Path(db), Path(out_root)
     jobs = plan_jobs(cfg, corpus, out_root, db)
     finals = run_parallel(_run_job, jobs, workers=workers, label="repetition", console=console,
-                          describe=lambda job: job.plan.name)
+                          describe=lambda job: job.plan.name, backend=backend, work_dir=out_root)
     rows = []
     for job, final in zip(jobs, finals):
         data = PreparedCorpus(Path(job.corpus_path))
