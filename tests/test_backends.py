@@ -212,3 +212,19 @@ def test_a_killed_driver_reruns_without_redoing_finished_runs(text_corpus, tmp_p
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert all(path.read_bytes() == marker for path, marker in finished.items())  # not redone
     assert _points(tmp_path / "s.db") == _points(local_reference)
+
+
+def test_the_repetition_probe_on_ray_prints_the_local_table(run_cli, text_corpus, tmp_path):
+    # its runs return their points from the worker, whose store only journals
+    args = ["probe", "repetition", "--corpus", str(text_corpus), "--params", "2000", "--tokens", "16k",
+            "--epochs", "1,4", "--junk", "none", "--seq-len", "32", "--workers", "2"]
+    tables = {}
+    try:
+        for backend in ("local", "ray"):
+            code, out, err = run_cli(*args, "--backend", backend, "--db", tmp_path / f"{backend}.db",
+                                     "--out", tmp_path / backend)
+            assert code == 0, err
+            tables[backend] = [line for line in out.splitlines() if not line.startswith("figure")]
+    finally:
+        ray.shutdown()
+    assert tables["ray"] == tables["local"]

@@ -279,8 +279,8 @@ def train_run(plan: RunPlan, corpus: PreparedCorpus, store: Store | None, out_di
     task = CorpusTask(plan, corpus)
     spec = run_spec(plan, task, store, out_dir, resume=resume, ranks=ranks)
     outcome = engine.train(task, spec, out_dir, reporter=reporter, stop_at_step=stop_at_step, on_step=on_step)
-    points = store.points(outcome.run_id) if store is not None else outcome.points
-    return RunResult(outcome.run_id, outcome.status, out_dir, outcome.steps, points)
+    # the engine's points are the store's (a worker's journal store cannot read them back)
+    return RunResult(outcome.run_id, outcome.status, out_dir, outcome.steps, outcome.points)
 
 
 def check_run_memory(plan: RunPlan, *, ranks: int = 1) -> None:
