@@ -18,6 +18,7 @@ import pytest
 from scalinglab.backends import BackendSpec
 from scalinglab.backends.journal import JournalReader, JournalStore
 from scalinglab.corpus import CorpusConfig
+from scalinglab.errors import UserError
 from scalinglab.store import load_points, open_store
 from scalinglab.study import execute, prepare_study
 from scalinglab.study.grid import StudyConfig
@@ -228,3 +229,41 @@ def test_the_repetition_probe_on_ray_prints_the_local_table(run_cli, text_corpus
     finally:
         ray.shutdown()
     assert tables["ray"] == tables["local"]
+
+
+class _FakeCluster:
+    """Just enough of Ray for `check_nodes`: two alive nodes whose facts are given."""
+
+    def __init__(self, facts: list[dict]) -> None:
+        self.facts = facts
+
+    def nodes(self) -> list[dict]:
+        return [{"Alive": True, "NodeID": f"{i:056x}"} for i in range(len(self.facts))]
+
+    def remote(self, **_):
+        answers = iter(self.facts)
+
+        class Probe:
+            def options(self, **_):
+                return self
+
+            def remote(self, work_dir):
+                return next(answers)
+
+        return lambda fn: Probe()
+
+    def get(self, refs):
+        return refs
+
+
+def test_a_node_that_cannot_see_out_or_runs_other_versions_stops_the_study_in_one_line(tmp_path):
+    from scalinglab.backends.ray import _node_facts, check_nodes
+
+    here = _node_facts(str(tmp_path))
+    assert here["sees_work_dir"]
+    check_nodes(_FakeCluster([here, dict(here, host="node-2")]), tmp_path)  # both see it: no error
+    with pytest.raises(UserError, match=f"node node-2 cannot see {tmp_path}; put --out on a filesystem every node"):
+        check_nodes(_FakeCluster([here, dict(here, host="node-2", sees_work_dir=False)]), tmp_path)
+    other = dict(here, host="node-3", versions={**here["versions"], "torch": "2.0.0"})
+    with pytest.raises(UserError, match="node node-3 runs .* install the same versions on every node"):
+        check_nodes(_FakeCluster([here, other]), tmp_path)
