@@ -13,6 +13,7 @@ from scalinglab.cli import compress as _compress  # noqa: F401
 from scalinglab.cli import corpus as _corpus  # noqa: F401
 from scalinglab.cli import laws as _laws  # noqa: F401
 from scalinglab.cli import probe as _probe  # noqa: F401
+from scalinglab.cli import probe_knowledge as _probe_knowledge  # noqa: F401
 from scalinglab.cli import probe_phase as _probe_phase  # noqa: F401
 from scalinglab.cli import probe_storage as _probe_storage  # noqa: F401
 from scalinglab.cli import study as _study  # noqa: F401

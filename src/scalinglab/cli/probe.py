@@ -9,6 +9,6 @@ import typer
 
 from scalinglab.cli.app import app
 
-probe_app = typer.Typer(help="Probes of storage vs structure: capacity, memorisation, grokking, facts vs rules, repetition.",
+probe_app = typer.Typer(help="Probes of storage vs structure: capacity, memorisation, grokking, facts vs rules, repetition, the long tail, open book.",
                         no_args_is_help=True)
 app.add_typer(probe_app, name="probe")

@@ -243,9 +243,13 @@ class SequenceTask(engine.Task):
     def build_model(self) -> GPT:
         return GPT(self.model_cfg)
 
+    def batch_rows(self, step: int) -> torch.Tensor | None:
+        """The rows of update `step` (None: all of them), a pure function of the step."""
+        return _batch_indices(step, self.data.shape[0], self.batch, self.recipe.seed)
+
     def loss(self, model: torch.nn.Module, step: int) -> torch.Tensor:
         device = self.placement.device
-        idx = _batch_indices(step, self.data.shape[0], self.batch, self.recipe.seed)
+        idx = self.batch_rows(step)
         rows = self.data_dev if idx is None else self.data_dev[idx.to(device)]
         nats = _token_nats(model, rows)
         if self.mask_dev is None:
