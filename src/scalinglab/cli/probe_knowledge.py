@@ -136,15 +136,15 @@ def open_book(
         err_console.print("stopped; run the same command again to continue (finished runs are kept)")
         raise typer.Exit(130)
     k = result.k_compare
-    table = Table("model", "F", "closed: recalled", "recall", "bits S", "S/(α·N)", f"open (k={k}, hard, ρ=1)",
-                  "open, record removed")
+    table = Table("model", "F", "closed K", "recall", "S/αN", "open", "removed", caption=(
+        f"closed K facts recalled closed-book, S/αN bits stored over capacity; open: open-book accuracy "
+        f"(k={k}, hard distractors, ρ=1); removed: the same without the right record"))
     for c in result.closed.itertuples():
         r = result.reader[(result.reader.model == c.model) & (result.reader.F == c.F)]
         best = r[(r.k == k) & (r.distractors == "hard") & (r.rho == 1.0)].accuracy
         removed = r[r.rho == 0.0].accuracy
-        table.add_row(c.model, f"{c.F:,}", f"{c.recalled:,}", f"{c.recall:.3f}", f"{c.bits_stored:,.0f}",
-                      f"{c.capacity_share:.2f}", f"{best.iloc[0]:.3f}" if len(best) else "n/a",
-                      f"{removed.max():.4f}" if len(removed) else "n/a")
+        table.add_row(c.model, f"{c.F:,}", f"{c.recalled:,}", f"{c.recall:.3f}", f"{c.capacity_share:.2f}",
+                      f"{best.iloc[0]:.3f}" if len(best) else "n/a", f"{removed.max():.4f}" if len(removed) else "n/a")
     console.print(table)
     for line in summary_lines(result):
         console.print(line, highlight=False)

@@ -47,3 +47,12 @@ def record(paths: list[Path], db: str | Path | None, run_id: str | None = None) 
         for path in paths:
             store.add_artifact(run_id, "figure", path, file_sha256(path))
     return paths
+
+
+def label_log_axis(axis, values) -> None:
+    """Label a log axis at the data's own values, without matplotlib's crowded minor labels."""
+    from matplotlib.ticker import NullFormatter
+
+    values = sorted({float(v) for v in values})
+    axis.set_ticks(values, [f"{v:,.0f}" if v >= 1 else f"{v:g}" for v in values])
+    axis.set_minor_formatter(NullFormatter())

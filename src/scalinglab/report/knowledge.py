@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from scalinglab.report.figures import pyplot
+from scalinglab.report.figures import label_log_axis, pyplot
 from scalinglab.report.figures import save as _save
 
 if TYPE_CHECKING:
@@ -49,12 +49,17 @@ def long_tail_figure(result: "LongTailResult", path: Path) -> Path:
     ax.legend(fontsize=7, loc="lower right")
 
     ax = axes[2]
+    drawn = 0
     for i, (model, rows) in enumerate(t[t.stream == "zipf"].groupby("model", sort=False)):
         ok = rows[rows.c50.notna() & (rows.c50 > 0)]
         ax.plot(ok.D, ok.c50, "o-", color=f"C{i}", label=model)
-    ax.set(xscale="log", yscale="log", xlabel="facts presented D", ylabel="exposures for 50% recall (c50)",
-           title="exposures needed for recall")
-    ax.legend(fontsize=7)
+        drawn += len(ok)
+    ax.set(xlabel="facts presented D", ylabel="exposures for 50% recall (c50)", title="exposures needed for recall")
+    if drawn:
+        ax.set(xscale="log", yscale="log")
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no 50% point within the exposures seen", ha="center", transform=ax.transAxes)
     return _save(fig, path)
 
 
@@ -80,6 +85,8 @@ def open_book_figure(result: "OpenBookResult", path: Path) -> Path:
     axes[1].plot(closed.F.unique(), closed.F.unique(), ":", color="grey", label="every fact")
     axes[1].set(xscale="log", yscale="log", xlabel="facts in the table F", ylabel="facts answered",
                 title="facts answered")
+    for ax in axes[:2]:
+        label_log_axis(ax.xaxis, closed.F)
     ax = axes[2]
     top = reader[reader.F == reader.F.max()]
     for i, (model, m) in enumerate(top.groupby("model", sort=False)):
@@ -87,7 +94,7 @@ def open_book_figure(result: "OpenBookResult", path: Path) -> Path:
             r = m[(m.distractors == kind) & (m.rho == 1.0)]
             ax.plot(r.k, r.accuracy, style, color=f"C{i}", label=f"{model} {kind} distractors")
     ax.set(xlabel="records in the context k", ylabel="accuracy (ρ = 1)", ylim=(-0.02, 1.02),
-           title=f"the reader, F = {reader.F.max():,}")
+           title=f"the reader, F = {reader.F.max():,}", xticks=sorted(cfg.records))
     for ax in axes:
         ax.legend(fontsize=7)
     return _save(fig, path)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from scalinglab.report.figures import pyplot, save
+from scalinglab.report.figures import label_log_axis, pyplot, save
 
 if TYPE_CHECKING:
     from scalinglab.probes.facts_rules import FactsRulesResult
@@ -24,15 +24,6 @@ if TYPE_CHECKING:
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     return save(fig, path, dpi=120)
-
-
-def _label_log_axis(axis, values) -> None:
-    """Label a log axis at the data's own values, without matplotlib's crowded minor labels."""
-    from matplotlib.ticker import NullFormatter
-
-    values = sorted({float(v) for v in values})
-    axis.set_ticks(values, [f"{v:,.0f}" if v >= 1 else f"{v:g}" for v in values])
-    axis.set_minor_formatter(NullFormatter())
 
 
 def _mark_transitions(ax, run: "GrokRun") -> None:
@@ -173,7 +164,7 @@ def facts_rules_figure(result: "FactsRulesResult", path: Path) -> Path:
         ax.axhline(result.capacity_bits / cfg.bits_per_fact, color="tab:red", ls="--",
                    label=f"α·N / {cfg.bits_per_fact:.0f} bits per fact")
     ax.set(xscale="log", yscale="log", xlabel="facts in the dataset", ylabel="facts", title="fact recall")
-    _label_log_axis(ax.xaxis, t.n_facts)
+    label_log_axis(ax.xaxis, t.n_facts)
     ax.legend(fontsize=7)
 
     ax = axes[1]
@@ -183,7 +174,7 @@ def facts_rules_figure(result: "FactsRulesResult", path: Path) -> Path:
         ax.axhline(result.capacity_bits, color="tab:red", ls="--",
                    label=f"capacity α·N, α = {result.capacity_alpha:.2f} bits/param")
     ax.set(xscale="log", yscale="log", xlabel="dataset size D (items)", ylabel="bits", title="facts stored")
-    _label_log_axis(ax.xaxis, t.n_items)
+    label_log_axis(ax.xaxis, t.n_items)
     right = ax.secondary_yaxis("right", functions=(lambda b: b / n, lambda r: r * n))
     right.set_ylabel("bits per parameter")
     from matplotlib.ticker import NullFormatter, ScalarFormatter
@@ -198,7 +189,7 @@ def facts_rules_figure(result: "FactsRulesResult", path: Path) -> Path:
     ax.plot(t.n_items, t.recall_share, "o-", color="tab:blue", alpha=0.6, label="share of facts recalled")
     ax.set(xscale="log", xlabel="dataset size D (items)", ylabel="accuracy", ylim=(-0.02, 1.02),
            title="the rule keeps improving, fact recall does not")
-    _label_log_axis(ax.xaxis, t.n_items)
+    label_log_axis(ax.xaxis, t.n_items)
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -228,7 +219,7 @@ def repetition_figure(result: "RepetitionResult", path: Path) -> Path:
     ax.plot(rep.epochs, rep.train_loss, "x:", color="tab:blue", alpha=0.7, label="train loss on the repeated tokens")
     ax.set(xscale="log", xlabel="epochs over U = D / epochs unique tokens", ylabel="nats/token",
            title="loss at a fixed budget D")
-    _label_log_axis(ax.xaxis, rep.epochs)
+    label_log_axis(ax.xaxis, rep.epochs)
     ax.legend(fontsize=7)
 
     ax = axes[0, 1]
@@ -253,7 +244,7 @@ def repetition_figure(result: "RepetitionResult", path: Path) -> Path:
         ax.plot(d, fit["E"] + fit["B"] * d ** -fit["beta"], color="grey", ls="--", alpha=0.8,
                 label=f"E + B/U^β, β={fit['beta']:.2f}, E={fit['E']:.2f}")
     ax.set(xscale="log", xlabel="unique tokens U (seen once)", ylabel="val nats/token", title="fresh-data curve")
-    _label_log_axis(ax.xaxis, both.tokens)
+    label_log_axis(ax.xaxis, both.tokens)
     ax.legend(fontsize=7)
 
     ax = axes[1, 1]
