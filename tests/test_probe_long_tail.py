@@ -3,6 +3,9 @@ the recall curve's fit, the stored result, and one-line errors."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -72,9 +75,14 @@ def test_a_run_measures_every_branch_resumes_and_stores_its_result(tmp_path):
     stored = open_store(db)
     assert stored.get_result("probe:long-tail", cfg.key())["table"][0]["stream"] == t.stream.iloc[0]
     assert {r["status"] for r in stored.runs()} == {"done"} and len(stored.runs()) == 3 * (1 + 3)
-    # a rerun loads every finished run and gives the same numbers
+    # a rerun loads every finished run and gives the same numbers; a branch lost (its folder
+    # deleted) is trained again from the trunk's snapshot to the same bits
+    lost = t.facts_path.iloc[-1]
+    before = np.load(lost)["bits"]
+    shutil.rmtree(Path(lost).parent)
     again = run_long_tail(cfg, tmp_path / "out", db=db, workers=1)
     assert again.table.drop(columns=["facts_path"]).equals(t.drop(columns=["facts_path"]))
+    assert np.array_equal(np.load(lost)["bits"], before)
 
 
 @pytest.mark.parametrize("field, value, message", [
