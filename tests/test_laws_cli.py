@@ -269,3 +269,15 @@ def test_bad_input_is_one_line_and_exit_2(run_cli, csv, tmp_path, args, needles)
     paths = {"tmp": tmp_path, "csv": csv, "few": tmp_path / "few.csv", "one_n": tmp_path / "one_n.csv", "negative": tmp_path / "negative.csv"}
     code, out, err = run_cli(*[a.format(**paths) for a in args])
     one_line_error(code, err, *needles)
+
+
+def test_a_fit_the_points_cannot_identify_is_refused_in_one_line(run_cli, tmp_path):
+    # two model sizes: alpha and E trade off exactly, so any alpha fits as well as another
+    path = tmp_path / "two_sizes.csv"
+    grid_data(laws.HOFFMANN_2022, SIZES[:2], TOKENS, noise=0.002, seed=1).to_csv(path, index=False)
+    code, _, err = run_cli("fit", path, "--bootstrap", "0")
+    one_line_error(code, err, "needs at least 3 distinct N", "these points have 2", "--fix alpha=VALUE")
+    code, out, err = run_cli("fit", path, "--bootstrap", "0", "--fix", "alpha=0.34")  # holding alpha identifies it
+    assert code == 0, err
+    with pytest.raises(UserError, match="at least 3 distinct D"):
+        laws.fit(grid_data(laws.HOFFMANN_2022, [1e8, 1e8], TOKENS[:2]), "data")  # 4 points, 2 distinct D

@@ -67,6 +67,7 @@ def fit(
     data = as_fit_data(data, form, free_params=n_free)
     robust = RobustLoss(delta, asymmetry)
     X = data.X(form)
+    check_identified(form, X, fixed)
     if isinstance(form, PowerLawSum) and not fixed:  # centred coordinates tie a coefficient to its exponent
         form = form.centred(X)
     objective = Objective(form, X, data.loss, robust, fixed=fixed)
@@ -192,3 +193,17 @@ def _bound_warnings(form: Form, z: np.ndarray, fixed: Mapping) -> list[str]:
 
 
 __all__ = ["fit", "FitResult", "FitData", "random_starts", "hoffmann_grid"]
+
+
+def check_identified(form: Form, X: Mapping[str, np.ndarray], fixed: Mapping[str, float]) -> None:
+    """Refuse, in one line, a fit these points cannot pin down: with E free a power law in a
+    variable is seen only through the differences between its distinct values, so A/N^α needs
+    three distinct N (two give a family of equally good fits: α and E trade off exactly)."""
+    for var, need in form.distinct_needed(fixed).items():
+        values = np.unique(X[var])
+        if values.size < need:
+            shown = ", ".join(f"{v:.3g}" for v in values[:4])
+            exponents = [e for c, e, v in getattr(form, "terms", ()) if v == var and e not in fixed]
+            hold = f" or hold its exponent (--fix {exponents[0]}=VALUE)" if exponents else ""
+            raise UserError(f"the {form.name} form needs at least {need} distinct {var} to identify its {var} term, "
+                            f"these points have {values.size} ({shown}): add {var} values{hold}")
