@@ -281,3 +281,8 @@ def test_a_fit_the_points_cannot_identify_is_refused_in_one_line(run_cli, tmp_pa
     assert code == 0, err
     with pytest.raises(UserError, match="at least 3 distinct D"):
         laws.fit(grid_data(laws.HOFFMANN_2022, [1e8, 1e8], TOKENS[:2]), "data")  # 4 points, 2 distinct D
+
+
+def test_a_law_in_d_alone_refuses_points_of_several_model_sizes(run_cli, csv):
+    code, _, err = run_cli("fit", csv, "--n-col", "params", "--loss-col", "val", "--form", "data", "--bootstrap", "0")
+    one_line_error(code, err, "the data form fits one model size but these points hold 5", "--form chinchilla")

@@ -230,6 +230,13 @@ def prepare(
         names = ", ".join(repr(name) for name, _ in absent)
         flags = ", ".join(flag for _, flag in absent)
         raise UserError(f"column{'s' * (len(absent) > 1)} {names} not found{where} (columns: {shown}); name {'them' if len(absent) > 1 else 'it'} with {flags}")
+    if "N" not in needs and n_col in table.columns:
+        sizes = np.unique(column(n_col, "--n-col"))
+        if sizes.size > 1:  # a law in D alone holds at one model size; pooled sizes fit neither
+            shown = ", ".join(f"{v:.3g}" for v in sizes[:6]) + (", ..." if sizes.size > 6 else "")
+            raise UserError(f"the {form.name} form fits one model size but these points hold {sizes.size} (N = {shown}); "
+                            f"keep the rows of one N (scalinglab study fits each N on its own), or fit N and D together "
+                            f"with --form chinchilla")
     loss = column(loss_col, "--loss-col")
     arrays: dict[str, Array] = {"loss": loss}
     names = {"loss": loss_col}
