@@ -32,8 +32,12 @@ def test_train_runs_and_lists_and_exports(trained, run_cli):
     assert code == 0 and "done" in out
     code, out, _ = run_cli("export", "points.csv")
     assert code == 0 and (trained / "points.csv").read_text().count("\n") == 3  # header + 2 points
-    code, out, _ = run_cli("export", "points.parquet", "--format", "parquet")
-    assert code == 0 and (trained / "points.parquet").stat().st_size > 0
+    code, out, _ = run_cli("export", "points.parquet")  # the format follows the extension
+    assert code == 0 and (trained / "points.parquet").read_bytes()[:4] == b"PAR1"
+    code, out, _ = run_cli("export", "points.txt", "--format", "csv")
+    assert code == 0 and (trained / "points.txt").read_text().startswith("run_id")
+    code, _, err = run_cli("export", "points.xlsx")
+    assert_one_line_error(code, err, "cannot tell the format of points.xlsx")
 
 
 def test_corpus_info_prints_splits_and_baselines(run_cli, text_corpus):
@@ -48,7 +52,8 @@ def test_corpus_info_prints_splits_and_baselines(run_cli, text_corpus):
     [
         (["--corpus", "/no/such/corpus.txt"], "corpus not found"),
         (["--tokens", "-5"], "train.tokens must be a positive number"),
-        (["--tpp", "0"], "train.tpp must be a positive number"),
+        (["--set", "train.tpp=0"], "train.tpp must be a positive number"),
+        (["--tpp", "20"], "give the budget once: --tokens 8000 or --tpp 20, not both"),
         (["--set", "model.n_layer=2", "--set", "model.d_model=0"], "d_model must be a positive integer"),
         (["--schedule", "linear"], "unknown optim.schedule"),
         (["--tokens", "lots"], "cannot read 'lots' as a number"),

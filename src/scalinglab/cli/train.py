@@ -67,6 +67,8 @@ def train(
     if nproc is not None and launched > 1 and nproc != launched:
         raise UserError(f"--nproc {nproc} given to a run torchrun started with {launched} ranks; drop --nproc")
     launch = nproc is not None and nproc > 1 and launched == 1
+    if tokens is not None and tpp is not None:  # one budget, said once: which would win is not obvious
+        raise UserError(f"give the budget once: --tokens {tokens} or --tpp {tpp:g}, not both")
 
     cfg = build_run_config(
         config, set_,
@@ -169,13 +171,18 @@ def _num(value) -> str:
 @app.command()
 def export(
     output: Path = typer.Argument(..., help="File to write."),
-    format: str = typer.Option("csv", "--format", help="csv or parquet."),
+    format: Optional[str] = typer.Option(None, "--format", help="csv or parquet (default: from the file's extension)."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store."),
     all_runs: bool = typer.Option(False, "--all", help="Include runs that did not finish."),
 ) -> None:
     """Write every point joined with its run to CSV or Parquet."""
     from scalinglab.store import load_points
 
+    if format is None:
+        format = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}.get(output.suffix.lower())
+        if format is None:
+            raise UserError(f"cannot tell the format of {output.name} from its extension; name it .csv or .parquet, "
+                            "or pass --format")
     if format not in ("csv", "parquet"):
         raise UserError(f"--format must be csv or parquet, got {format!r}")
     frame = load_points(db, status=None if all_runs else "done")
