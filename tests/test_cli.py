@@ -7,6 +7,8 @@ import sqlite3
 
 import pytest
 
+from scalinglab.store import open_store
+
 TINY = ["--set", "model.size='10k'", "--tokens", "8000", "--batch-size", "4", "--seq-len", "64",
         "--eval-points", "2", "--eval-tokens", "1024", "--quiet"]
 
@@ -29,7 +31,8 @@ def trained(run_cli, text_corpus, tmp_path, monkeypatch):
 
 def test_train_runs_and_lists_and_exports(trained, run_cli):
     code, out, _ = run_cli("runs")
-    assert code == 0 and "done" in out
+    run_id = open_store(trained / "scalinglab.db").runs()[0]["run_id"]
+    assert code == 0 and "done" in out and run_id in out  # the whole id, to pass to other commands
     code, out, _ = run_cli("export", "points.csv")
     assert code == 0 and (trained / "points.csv").read_text().count("\n") == 3  # header + 2 points
     code, out, _ = run_cli("export", "points.parquet")  # the format follows the extension
@@ -121,4 +124,5 @@ def test_a_foreign_database_is_refused_and_nothing_stored_is_lost(trained, run_c
     assert_one_line_error(code, err, "not a scalinglab results store")
     # the workspace's own store still holds its run after all those failures
     code, out, _ = run_cli("runs")
-    assert code == 0 and "done" in out
+    run_id = open_store(trained / "scalinglab.db").runs()[0]["run_id"]
+    assert code == 0 and "done" in out and run_id in out  # the whole id, to pass to other commands

@@ -144,24 +144,34 @@ def train(
 @app.command()
 def runs(db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store."),
          group: Optional[str] = typer.Option(None, help="Only runs of this study/probe group.")) -> None:
-    """List the runs in the results store."""
+    """List the runs in the results store, oldest first."""
     from rich.table import Table
 
+    from scalinglab.fmt import human
     from scalinglab.store import open_store
 
     if not db.exists():
         raise UserError(f"no results store at {db}; train something first or pass --db")
     store = open_store(db)
-    table = Table("run", "kind", "status", "N (non-emb)", "tokens", "val loss", "val bpb", "group")
+    rows = []
     for run in store.runs(group=group):
         points = store.points(run["run_id"])
         last = points[-1] if points else {}
-        table.add_row(
-            run["run_id"], run["kind"], run["status"], f"{run['n_nonembedding'] or 0:,}",
-            f"{last.get('tokens', 0):,.0f}", _num(last.get("val_loss")), _num(last.get("val_bpb")),
-            run["group_name"] or "",
-        )
-    console.print(table)
+        n, tokens = run["n_nonembedding"] or 0, last.get("tokens") or 0
+        rows.append((run["run_id"], run["kind"], run["status"], human(n), f"{tokens / n:,.1f}" if n else "-",
+                     _num(last.get("val_loss")), run["group_name"] or ""))
+    headers = ("run", "kind", "status", "N", "tokens/N", "val loss", "group")
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    if sum(widths) + 3 * len(widths) + 1 <= console.width:
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    # too narrow for a table of whole run ids (what other commands take): one run per block
+    for run_id, *rest in rows:
+        console.print(run_id, highlight=False)
+        console.print("  " + "  ".join(f"{h} {v}" for h, v in zip(headers[1:], rest) if v), highlight=False)
 
 
 def _num(value) -> str:
