@@ -126,3 +126,21 @@ def test_a_foreign_database_is_refused_and_nothing_stored_is_lost(trained, run_c
     code, out, _ = run_cli("runs")
     run_id = open_store(trained / "scalinglab.db").runs()[0]["run_id"]
     assert code == 0 and "done" in out and run_id in out  # the whole id, to pass to other commands
+
+
+def test_the_study_table_reports_the_gain_as_the_drop_its_footnote_names(capsys):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from scalinglab.cli.study import print_results
+
+    points = pd.DataFrame({"N": [12384], "D": [2.5e5], "tokens_per_param": [20.0], "val_loss": [3.1], "val_bpb": [4.4],
+                           "gap": [0.01], "epoch": [0.5]})
+    summary = pd.DataFrame([{"N": 12384, "beta": (0.3, 0.2, 0.4), "E": (1.5, 1.2, 1.7), "loss_at_20": 3.1,
+                             "loss_at_max": 2.25, "max_tokens_per_param": 640.0, "improvement_past_20": 0.85,
+                             "next_doubling_gain": 0.07}])
+    print_results(SimpleNamespace(points=points, summary=summary, fit_from_tpp=20.0))
+    out = capsys.readouterr().out
+    assert "0.8500" in out and "-0.8500" not in out and "0.0700" in out and "-0.0700" not in out
+    assert "how much the loss fell between them (positive: it improved)" in " ".join(out.split())

@@ -194,12 +194,13 @@ def print_results(result) -> None:
         e = _with_interval(row.E) if row.E else "-"
         if row.E and row.E[0] < 1e-6:  # the fit put the floor at its bound: the curve shows none yet
             e, floorless = "0 (bound)", floorless + [f"{row.N:,}"]
-        nxt = f"-{row.next_doubling_gain:.4f}" if row.next_doubling_gain is not None else "-"
+        nxt = f"{row.next_doubling_gain:.4f}" if row.next_doubling_gain is not None else "-"
         fits.add_row(f"{row.N:,}", beta, e, f"{row.loss_at_20:.4f}", f"{row.loss_at_max:.4f}",
-                     f"{row.max_tokens_per_param:.0f}", f"-{row.improvement_past_20:.4f}", nxt)
+                     f"{row.max_tokens_per_param:.0f}", f"{row.improvement_past_20:.4f}", nxt)
     console.print(fits)
-    console.print("L at 20 / L at max: val loss (nats/token) at 20 tokens/param and at the largest D; gain: the "
-                  "drop between them; next 2x: the fit's predicted drop from doubling the largest D once more")
+    console.print("L at 20 / L at max: val loss (nats/token) at 20 tokens/param and at the largest D; gain: how "
+                  "much the loss fell between them (positive: it improved); next 2x: how much the fit predicts it "
+                  "falls from doubling the largest D once more")
     console.print(f"fits over each N's points at and past {result.fit_from_tpp:g} tokens/param (--fit-from; shorter "
                   "branches sit near or inside the warmup); intervals: 95% bootstrap over those points (shown from "
                   "6), conditional on the one trunk they share, so they understate seed-to-seed variation")
