@@ -48,6 +48,10 @@ def test_corpus_info_prints_splits_and_baselines(run_cli, text_corpus):
     assert code == 0, err
     assert "train" in out and "val" in out and "test" in out
     assert "gzip-9" in out and "xz-9" in out and "bits/byte" in out
+    code, again, err = run_cli("corpus", "info", "--corpus", text_corpus)  # as train and study take it
+    assert code == 0 and again == out, err
+    code, _, err = run_cli("corpus", "info", text_corpus, "--corpus", "other.txt")
+    assert_one_line_error(code, err, "two corpora given")
 
 
 @pytest.mark.parametrize(

@@ -8,14 +8,20 @@ from typing import Optional
 import typer
 
 from scalinglab.cli.app import app, console
+from scalinglab.errors import UserError
 
 corpus_app = typer.Typer(help="Prepare corpora and describe them.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 
 
-def _config(source: str, field: str, glob: str, tokenizer: str, vocab_size: Optional[int], split_seed: int):
+def _config(source: str, field: str, glob: str, tokenizer: str, vocab_size: Optional[int], split_seed: int,
+            corpus: Optional[str] = None):
     from scalinglab.corpus import CorpusConfig
 
+    if corpus is not None:  # --corpus, as `train` and `study` take it, in place of the argument
+        if source not in ("stdlib", corpus):
+            raise UserError(f"two corpora given ({source!r} and --corpus {corpus!r}); give one")
+        source = corpus
     return CorpusConfig(source=source, field=field, glob=glob, tokenizer=tokenizer, vocab_size=vocab_size,
                         split_seed=split_seed)
 
@@ -27,27 +33,30 @@ TokOpt = typer.Option("byte", help="byte or bpe.")
 VocabOpt = typer.Option(None, help="BPE vocabulary size (default 4096).")
 SeedOpt = typer.Option(0, help="Seed of the document split.")
 CacheOpt = typer.Option(None, help="Prepared-corpus cache directory.")
+CorpusOpt = typer.Option(None, "--corpus", help="The corpus, as train and study take it (instead of SOURCE).")
 
 
 @corpus_app.command("prepare")
 def prepare(source: str = SourceArg, field: str = FieldOpt, glob: str = GlobOpt, tokenizer: str = TokOpt,
-            vocab_size: Optional[int] = VocabOpt, split_seed: int = SeedOpt, cache_dir: Optional[Path] = CacheOpt) -> None:
+            vocab_size: Optional[int] = VocabOpt, split_seed: int = SeedOpt, cache_dir: Optional[Path] = CacheOpt,
+            corpus: Optional[str] = CorpusOpt) -> None:
     """Split, tokenize and cache a corpus (reused when prepared again)."""
     from scalinglab.corpus import prepare_corpus
 
-    prepared = prepare_corpus(_config(source, field, glob, tokenizer, vocab_size, split_seed), cache_dir)
+    prepared = prepare_corpus(_config(source, field, glob, tokenizer, vocab_size, split_seed, corpus), cache_dir)
     console.print(f"prepared {prepared.key} at {prepared.path}")
 
 
 @corpus_app.command("info")
 def info(source: str = SourceArg, field: str = FieldOpt, glob: str = GlobOpt, tokenizer: str = TokOpt,
-         vocab_size: Optional[int] = VocabOpt, split_seed: int = SeedOpt, cache_dir: Optional[Path] = CacheOpt) -> None:
+         vocab_size: Optional[int] = VocabOpt, split_seed: int = SeedOpt, cache_dir: Optional[Path] = CacheOpt,
+         corpus: Optional[str] = CorpusOpt) -> None:
     """Documents, bytes and tokens per split, and gzip -9 / xz -9 bits per byte of the val split."""
     from rich.table import Table
 
     from scalinglab.corpus import classical_bpb, prepare_corpus, split_bytes
 
-    prepared = prepare_corpus(_config(source, field, glob, tokenizer, vocab_size, split_seed), cache_dir)
+    prepared = prepare_corpus(_config(source, field, glob, tokenizer, vocab_size, split_seed, corpus), cache_dir)
     meta = prepared.meta
     source_desc = meta["source"]
     console.print(f"corpus {source_desc['location']} ({source_desc['kind']}"
