@@ -168,14 +168,17 @@ def test_fit_reads_the_store_and_says_which_points_and_how_it_resampled(run_cli,
 
 
 def test_plan_answers_the_published_questions(run_cli):
-    code, out, err = run_cli("plan", "--flops", "5.76e23")
+    code, out, err = run_cli("plan", "--flops", "5.76e23", "--law", "hoffmann2022")  # Chinchilla's own answer
     assert code == 0, err
     assert "58.9" in out and "hoffmann2022" in out
+    code, out, err = run_cli("plan", "--flops", "5.76e23")  # Epoch's refit by default, and it says so
+    assert code == 0, err
+    assert "law: epoch2024" in out
     code, out, err = run_cli("plan", "--params", "8e9", "--tokens", "15T")
     assert code == 0, err
     for needle in ("1,875.0", "multiple of the compute-optimal D", "loss gained by training past it", "extra compute"):
         assert needle in out, needle
-    code, out, err = run_cli("plan", "--params", "13B", "--inference-tokens", "2T")
+    code, out, err = run_cli("plan", "--params", "13B", "--inference-tokens", "2T", "--law", "hoffmann2022")
     assert code == 0, err
     assert "16.3%" in out and "7.12B" in out
     code, out, err = run_cli("plan", "--flops", "9.26e21", "--unique-tokens", "25B", "--json")

@@ -102,7 +102,7 @@ def fit(
 
 @app.command()
 def plan(
-    law: Optional[str] = typer.Option(None, help="hoffmann2022 (default) | hoffmann2022-rounded | epoch2024 | muennighoff2023 (default with --unique-tokens) | a saved fit .json | store:KEY."),
+    law: Optional[str] = typer.Option(None, help="epoch2024 (default: Epoch's refit of Chinchilla) | hoffmann2022 | hoffmann2022-rounded | muennighoff2023 (default with --unique-tokens) | a saved fit .json | store:KEY."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store, for --law store:KEY."),
     flops: Optional[str] = typer.Option(None, help="Training compute C (e.g. 5.76e23): the compute-optimal N, D."),
     params: Optional[str] = typer.Option(None, help="Parameters N: with --tokens, where that run sits; with --inference-tokens, the reference size."),
@@ -121,7 +121,9 @@ def plan(
     D = None if tokens is None else parse_number(tokens, "--tokens")
     T = None if inference_tokens is None else parse_number(inference_tokens, "--inference-tokens")
     U = None if unique_tokens is None else parse_number(unique_tokens, "--unique-tokens")
-    chosen = load_law(law or ("muennighoff2023" if U is not None else "hoffmann2022"), db=str(db))
+    # Epoch's refit by default: Hoffmann's Approach 3 constants give ~43 tokens/param where their
+    # other approaches and the refit give ~20, which matters most for over-training questions
+    chosen = load_law(law or ("muennighoff2023" if U is not None else "epoch2024"), db=str(db))
 
     if (D is None) != (N is None) and U is None and T is None:
         raise UserError("give --params and --tokens together (where a run sits), or --flops for the compute-optimal allocation")
