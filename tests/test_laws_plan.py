@@ -155,3 +155,14 @@ def test_approaches_1_and_2_recover_the_allocation_exponent_from_isoflop_data():
     a_true = HOFFMANN.params["beta"] / (HOFFMANN.params["alpha"] + HOFFMANN.params["beta"])
     assert laws.approach2(data).a == pytest.approx(a_true, abs=0.005)
     assert laws.approach1(data).a == pytest.approx(a_true, abs=0.1)  # coarse: sizes come in steps
+
+
+def test_an_inference_plan_says_when_it_trains_past_the_budget_given():
+    from scalinglab.laws.planning import inference_optimal
+    from scalinglab.laws.reference import load_law
+
+    plan = inference_optimal(load_law("epoch2024"), 2e12, flops=1e22)
+    assert plan["train_flops"].value > 1e22
+    ratio = plan["train_flops"].value / 1e22
+    assert any(f"{ratio:.2f}x the 1e+22 given" in note for note in plan.notes)
+    assert not any("x the" in note for note in inference_optimal(load_law("epoch2024"), 0.0, flops=1e22).notes)

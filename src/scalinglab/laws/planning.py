@@ -228,6 +228,11 @@ def inference_optimal(law: Law, inference_tokens: float, *, flops: float | None 
         ("saving", "total compute saved vs the reference", "fraction"),
     ], vectorised=False)
     plan.notes.append("Sardana et al. 2023: minimise 6·N·D + 2·N·T at fixed loss (2N FLOPs per inference token).")
+    if flops is not None and plan["train_flops"].value > flops * (1 + 1e-9):
+        train = plan["train_flops"].value
+        plan.notes.append(f"This plan trains with {train:.3g} FLOPs, {train / flops:.2f}x the {flops:.3g} given: the "
+                          "loss is what stays fixed (the compute-optimal model's at that budget), not the training "
+                          "budget; a smaller model needs more training to reach it, paid back by cheaper serving.")
     return plan
 
 
