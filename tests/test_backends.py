@@ -163,6 +163,17 @@ def two_nodes(monkeypatch):
         cluster.shutdown()
 
 
+def test_no_address_starts_a_private_cluster_even_beside_another_one(two_nodes, tmp_path):
+    # Ray's own default would join the newest cluster on this machine (here: the two nodes)
+    from scalinglab.backends.ray import RayBackend
+
+    backend = RayBackend(BackendSpec("ray"), workers=1, work_dir=tmp_path)
+    try:
+        assert backend.owns_cluster and len([n for n in ray.nodes() if n["Alive"]]) == 1
+    finally:
+        backend.close()
+
+
 def _journal_nodes(study_dir: Path) -> set[str]:
     return {path.name.split("-")[0] for path in (study_dir / "journal").glob("*.jsonl")}
 

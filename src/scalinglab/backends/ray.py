@@ -47,9 +47,10 @@ class RayBackend:
                     _reachable(address)
                     ray.init(address=address, **options)
                 else:
-                    # a private cluster listens on the loopback interface only
-                    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, _node_ip_address="127.0.0.1",
-                             object_store_memory=OBJECT_STORE_BYTES, **options)
+                    # a private cluster, on the loopback interface only; "local" starts a new one even
+                    # where Ray would join the newest cluster started on this machine
+                    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                             _node_ip_address="127.0.0.1", object_store_memory=OBJECT_STORE_BYTES, **options)
                     self.owns_cluster = True
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = address or "this machine"
