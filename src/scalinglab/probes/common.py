@@ -72,6 +72,15 @@ def flat_optim(data: dict, default: OptimConfig, keep: tuple[str, ...], prefix: 
     return data
 
 
+def probe_model(n_layer: int, d_model: int, vocab_size: int) -> ModelConfig:
+    """A small probe GPT: heads of 16 dimensions where the width allows, fewer where not (head
+    size must divide the width and be even, for rotary positions)."""
+    n_head = max(1, d_model // 16)
+    while n_head > 1 and (d_model % n_head or (d_model // n_head) % 2):
+        n_head -= 1
+    return ModelConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, vocab_size=vocab_size)
+
+
 def probe_kind(probe: str) -> str:
     """The run kind and result kind of a probe: "probe:<name>"."""
     return f"probe:{probe}"

@@ -41,6 +41,7 @@ from scalinglab.probes.common import (
     fit_sequences,
     flat_optim,
     probe_kind,
+    probe_model,
     probe_optim,
     put_probe_result,
     run_parallel,
@@ -114,11 +115,7 @@ class FactsRulesConfig:
         return 2 * math.log2(self.alphabet)
 
     def model_config(self) -> ModelConfig:
-        n_head = max(1, self.d_model // 16)
-        while self.d_model % n_head or (self.d_model // n_head) % 2:
-            n_head -= 1
-        return ModelConfig(n_layer=self.n_layer, d_model=self.d_model, n_head=max(n_head, 1),
-                           vocab_size=self.vocab_size)
+        return probe_model(self.n_layer, self.d_model, self.vocab_size)
 
     def recipe(self, n_items: int) -> FitRecipe:
         steps = max(self.min_steps, math.ceil(self.epochs * n_items / self.batch_size))
@@ -358,6 +355,18 @@ def capacity_alpha(store: Store) -> tuple[float | None, str | None, str | None]:
     if found.get("converged") is False:
         source += ", not converged: a lower bound"
     return float(alpha), source, found.get("param_convention", "total")
+
+
+def alpha_or_anchor(db: Path | str | None) -> tuple[float, str]:
+    """(α, where it came from): the newest capacity-probe result in the store `db`, else the
+    anchor of Morris et al. 2025."""
+    from scalinglab.probes.capacity import ANCHOR_BITS_PER_PARAM
+
+    if db is not None:
+        alpha, source, _ = capacity_alpha(open_store(db))
+        if alpha is not None:
+            return alpha, source
+    return ANCHOR_BITS_PER_PARAM, "anchor (Morris et al. 2025); run `scalinglab probe capacity` to measure"
 
 
 def parse_items(text: str) -> tuple[int, ...]:

@@ -37,18 +37,18 @@ from scalinglab.config import OptimConfig, config_hash
 from scalinglab.errors import UserError
 from scalinglab.fsutil import atomic_open
 from scalinglab.model import GPT, PARAM_CONVENTION, ModelConfig, count_params
-from scalinglab.probes.capacity import ANCHOR_BITS_PER_PARAM
 from scalinglab.probes.common import (
     FitRecipe,
     SequenceTask,
     flat_optim,
     probe_kind,
+    probe_model,
     probe_optim,
     put_probe_result,
     run_parallel,
     sequence_bits,
 )
-from scalinglab.probes.facts_rules import SEQ_LEN, _keys, _unique_codes, answer_mask, answers_correct, capacity_alpha
+from scalinglab.probes.facts_rules import SEQ_LEN, _keys, _unique_codes, alpha_or_anchor, answer_mask, answers_correct
 from scalinglab.store import open_store
 from scalinglab.train import engine
 from scalinglab.train.schedules import Schedule
@@ -132,10 +132,7 @@ class LongTailConfig:
         return STREAMS if self.controls else STREAMS[:1]
 
     def model_config(self, n_layer: int, d_model: int) -> ModelConfig:
-        n_head = max(1, d_model // 16)
-        while d_model % n_head or (d_model // n_head) % 2:
-            n_head -= 1
-        return ModelConfig(n_layer=n_layer, d_model=d_model, n_head=n_head, vocab_size=self.vocab_size)
+        return probe_model(n_layer, d_model, self.vocab_size)
 
     def key(self) -> str:
         return config_hash(flat_optim(asdict(self), LONG_TAIL_OPTIM, ("lr", "warmup")))
@@ -410,12 +407,7 @@ def run_long_tail(cfg: LongTailConfig, out_root: Path | str, *, db: Path | str |
     jobs.sort(key=lambda j: (-j.model[0] * j.model[1], STREAMS.index(j.stream)))
     done = run_parallel(_train_stream, jobs, workers=workers, label="long-tail", console=console,
                         describe=lambda job: job.label, backend=backend, work_dir=out_root)
-    alpha, source = ANCHOR_BITS_PER_PARAM, "anchor (Morris et al. 2025); run `scalinglab probe capacity` to measure"
-    if db is not None:
-        measured, where, _ = capacity_alpha(open_store(db))
-        if measured is not None:
-            alpha, source = measured, where
-    result = analyse(cfg, [row for rows in done for row in rows], alpha, source)
+    result = analyse(cfg, [row for rows in done for row in rows], *alpha_or_anchor(db))
     result.notes = notes(result)
     if db is not None:
         put_probe_result(open_store(db), PROBE, cfg.key(), result.to_dict())
