@@ -43,6 +43,16 @@ SET_HELP = "Override a setting: field=value or section.field=value, e.g. optim.l
 DbOption = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite); created if missing.")
 
 
+def parse_numbers(text: str, name: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of numbers ('1,4,16', '16k,1M'); refuses an empty one."""
+    from scalinglab.errors import UserError
+
+    values = tuple(parse_number(v.strip(), name) for v in text.split(",") if v.strip())
+    if not values:
+        raise UserError(f"{name} is empty; give comma-separated numbers, e.g. 1,4,16")
+    return values
+
+
 def parse_number(text: str, name: str) -> float:
     """Parse '2e6', '2M', '1.5k' style numbers given on the command line."""
     from scalinglab.errors import UserError

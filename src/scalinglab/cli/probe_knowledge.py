@@ -16,6 +16,7 @@ from scalinglab.cli.app import (
     backend_spec,
     console,
     err_console,
+    parse_numbers,
 )
 from scalinglab.cli.probe import probe_app
 from scalinglab.errors import UserError
@@ -23,11 +24,7 @@ from scalinglab.fmt import human
 
 
 def _numbers(text: str | None, name: str) -> tuple[float, ...] | None:
-    if text is None:
-        return None
-    from scalinglab.cli.app import parse_number
-
-    return tuple(parse_number(x.strip(), name) for x in text.split(",") if x.strip())
+    return None if text is None else parse_numbers(text, name)
 
 
 def _count(value: float) -> str:

@@ -17,17 +17,11 @@ from scalinglab.cli.app import (
     console,
     err_console,
     parse_number,
+    parse_numbers,
 )
 from scalinglab.cli.probe import probe_app
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
-
-
-def _numbers(text: str, name: str) -> tuple[float, ...]:
-    values = tuple(parse_number(v, name) for v in text.split(",") if v.strip())
-    if not values:
-        raise UserError(f"{name} is empty; give comma-separated numbers, e.g. 1,4,16")
-    return values
 
 
 def _check_db(db: Path) -> None:
@@ -65,7 +59,7 @@ def capacity(
         raise UserError(f"--workers must be >= 1, got {workers}")
     cfg = build_config(CapacityConfig, config, set_, models=parse_models(models) if models is not None else None,
                        vocab_size=vocab, seq_len=seq_len, steps=steps, optim__lr=lr, optim__schedule=schedule,
-                       data_bits_per_param=_numbers(bits_per_param, "--bits-per-param") if bits_per_param else None,
+                       data_bits_per_param=parse_numbers(bits_per_param, "--bits-per-param") if bits_per_param else None,
                        max_batch_tokens=batch_tokens, seed=seed, device=device)
     _check_db(db)
     result = run_capacity(cfg, out, db, workers=workers, figures=figures or out / "figures", console=err_console,
@@ -144,7 +138,7 @@ def memorisation(
         raise UserError(f"--workers must be >= 1, got {workers}")
     cfg = build_config(MemorisationConfig, config, set_, corpus__source=corpus, corpus__tokenizer=tokenizer,
                        size=size, params=parse_number(params, "--params") if params else None,
-                       tokens_per_param=_numbers(tpp, "--tpp") if tpp else None, budget_tpp=budget_tpp,
+                       tokens_per_param=parse_numbers(tpp, "--tpp") if tpp else None, budget_tpp=budget_tpp,
                        seq_len=seq_len, eval_windows=eval_windows, alpha=alpha, seed=seed, device=device)
     if params and not size:  # a parameter count given replaces the default preset
         cfg = dataclasses.replace(cfg, size=None)
