@@ -257,6 +257,63 @@ class GPT(nn.Module):
             x = block(x, rotations, block_cache)
         return self.logits(x)
 
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None, context: int | None = None) -> torch.Tensor:
+        """Continue idx (B, T) by `max_new_tokens` sampled tokens -> (B, T + max_new_tokens).
+
+        temperature 0 picks the most likely token (greedy); otherwise logits are divided by
+        `temperature` and, with `top_k`, all but the k most likely tokens are dropped before
+        sampling. Draws come from `generator` (on the model's device), so a seeded generator
+        gives the same tokens every time. `context`: the most tokens the model sees at once
+        (its training length); each prediction conditions on the last `context` tokens.
+        """
+        if idx.dim() != 2 or idx.shape[1] == 0:
+            raise ValueError(f"idx must be (B, T) with T >= 1, got shape {tuple(idx.shape)}")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if context is not None and context < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        out = idx
+        if max_new_tokens == 0:
+            return out
+        window = out if context is None else out[:, -context:]
+        # Buffers sized once for every position the cache will hold: one in-place write a step.
+        capacity = window.shape[1] + max_new_tokens - 1
+        cache = self.new_cache(capacity if context is None else min(capacity, context))
+        logits = self.forward_step(window, cache, 0)[:, -1]  # (B, V)
+        pos = window.shape[1]
+        for i in range(max_new_tokens):
+            nxt = self._pick(logits, temperature, top_k, generator)  # (B, 1)
+            out = torch.cat([out, nxt], dim=1)
+            if i == max_new_tokens - 1:
+                break
+            if context is None or pos < context:
+                logits = self.forward_step(nxt, cache, pos)[:, -1]
+                pos += 1
+            else:
+                # The window is full: positions past `context` were never trained, so from here
+                # each prediction reads the last `context` tokens afresh, at positions 0..context-1.
+                logits = self(out[:, -context:])[:, -1]
+        return out
+
+    @staticmethod
+    def _pick(logits: torch.Tensor, temperature: float, top_k: int | None,
+              generator: torch.Generator | None) -> torch.Tensor:
+        """The next token (B, 1) from last-position logits (B, V)."""
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits.float() / temperature
+        if top_k is not None and top_k < logits.shape[-1]:
+            # exactly k survivors, even where logits tie
+            values, indices = torch.topk(logits, top_k, dim=-1)  # (B, k)
+            logits = torch.full_like(logits, float("-inf")).scatter_(1, indices, values)
+        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in nats, computed in float32."""
