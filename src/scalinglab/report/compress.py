@@ -1,24 +1,35 @@
-"""Figures of the compression analyses (matplotlib, Agg backend, written to files)."""
+"""Figures of the compression analyses. The `*_figure` functions return the figure (the report
+inlines it as SVG); the `plot_*` functions write it to a file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from scalinglab.compress.prequential import PrequentialResult
-from scalinglab.report.figures import pyplot, save
+from scalinglab.report.document import size_colour
+from scalinglab.report.figures import plain_log_axis, pyplot, save
 
 
 def plot_compression_vs_data(frame, path: str | Path) -> Path:
+    return save(compression_vs_data_figure(frame), path)
+
+
+def plot_prequential(result: PrequentialResult, path: str | Path) -> Path:
+    return save(prequential_figure(result), path)
+
+
+def compression_vs_data_figure(frame):
     """Test-split bits/byte against training tokens D, a line per N, gzip -9 and xz -9 for scale."""
     plt = pyplot()
+    colour = size_colour(frame["n"])
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     # rows stored before trunks could be measured carry no "cooled" column: they are branches
     cooled = frame["cooled"].fillna(True).astype(bool) if "cooled" in frame else True
     for n, part in frame.assign(cooled=cooled).sort_values("d").groupby("n"):
         done, trunk = part[part["cooled"]], part[~part["cooled"]]
-        color = None
+        color = colour[int(n)]
         if len(done):
-            color = ax.plot(done["d"], done["ideal_bpb"], "o-", label=f"N = {n:,.0f} (ideal)")[0].get_color()
+            ax.plot(done["d"], done["ideal_bpb"], "o-", color=color, label=f"N = {n:,.0f} (ideal)")
             if done["archive_bpb"].notna().any():
                 ax.plot(done["d"], done["archive_bpb"], "x", color=color, label=f"N = {n:,.0f} (archive)")
         if len(trunk):  # constant learning rate, never cooled down: not on the same curve
@@ -27,16 +38,17 @@ def plot_compression_vs_data(frame, path: str | Path) -> Path:
     for name, style in (("gzip-9", ":"), ("xz-9", "--")):
         ax.axhline(frame[f"{name}_bpb"].iloc[0], color="grey", linestyle=style, label=f"{name} (whole split)")
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels collide on short ranges
+    plain_log_axis(ax.xaxis)
     ax.set_xlabel("training tokens D")
     ax.set_ylabel(f"{frame['split'].iloc[0]} split, bits per byte")
     ax.set_title("Held-out code length against training tokens D, by model size N")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
-    return save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
-def plot_prequential(result: PrequentialResult, path: str | Path) -> Path:
+def prequential_figure(result: PrequentialResult):
     """Left: cumulative prequential code length against gzip -9 and xz -9 of the same stream.
     Right: the training loss in bits/byte, whose area is the code length."""
     plt = pyplot()
@@ -57,10 +69,12 @@ def plot_prequential(result: PrequentialResult, path: str | Path) -> Path:
     right.axhline(result.gzip_bpb, color="grey", linestyle=":", label="gzip -9")
     right.axhline(result.xz_bpb, color="grey", linestyle="--", label="xz -9")
     right.set_xscale("log")
+    plain_log_axis(right.xaxis)
     right.set_ylim(bottom=0.9 * min(result.xz_bpb, result.gzip_bpb, min(result.loss_bpb)))
     right.set_xlabel("training tokens seen")
     right.set_ylabel("bits per byte")
     right.set_title("Compression = area under the loss curve")
     right.legend(fontsize=8)
     right.grid(alpha=0.3, which="both")
-    return save(fig, path)
+    fig.tight_layout()
+    return fig

@@ -56,3 +56,27 @@ def label_log_axis(axis, values) -> None:
     values = sorted({float(v) for v in values})
     axis.set_ticks(values, [f"{v:,.0f}" if v >= 1 else f"{v:g}" for v in values])
     axis.set_minor_formatter(NullFormatter())
+
+
+def plain_log_axis(axis) -> None:
+    """Log-axis ticks labelled as plain numbers (10k, 1M; 1e18 past the counts people say) instead
+    of 10^x mathtext, with no minor labels. A range under two decades also gets ticks at 2 and 5
+    per decade. Call it after plotting: it reads the axis range."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from scalinglab.fmt import human
+
+    def label(v: float, _pos=None) -> str:
+        if v <= 0:
+            return ""
+        if v >= 1e15 or v < 1e-3:
+            return f"1e{round(math.log10(v))}" if math.isclose(math.log10(v), round(math.log10(v))) else f"{v:.0e}"
+        return human(v) if v >= 1 else f"{v:g}"
+
+    lo, hi = sorted(axis.get_view_interval())
+    narrow = lo > 0 and hi / lo < 100
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(label))
+    axis.set_minor_formatter(NullFormatter())
