@@ -16,6 +16,7 @@ from scalinglab.cli import probe as _probe  # noqa: F401
 from scalinglab.cli import probe_knowledge as _probe_knowledge  # noqa: F401
 from scalinglab.cli import probe_phase as _probe_phase  # noqa: F401
 from scalinglab.cli import probe_storage as _probe_storage  # noqa: F401
+from scalinglab.cli import report as _report  # noqa: F401
 from scalinglab.cli import sample as _sample  # noqa: F401
 from scalinglab.cli import study as _study  # noqa: F401
 from scalinglab.cli import train as _train  # noqa: F401

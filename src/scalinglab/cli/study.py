@@ -114,6 +114,7 @@ def study(
     no_repeat: bool = typer.Option(False, "--no-repeat", help="Stop if the largest D would repeat data."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the planned grid and stop."),
     keep_snapshots: bool = typer.Option(False, "--keep-snapshots", help="Keep each trunk snapshot after its branches finish."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the study's report (report/index.html in the study folder) at the end."),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     fit_from: float = typer.Option(20.0, "--fit-from", help="Fit L(D) per N over the points at and past this many tokens/param."),
@@ -164,6 +165,13 @@ def study(
     print_results(result)
     console.print(f"results: {result.csv}  figures: {', '.join(str(p) for p in result.figures)}  store: {db} "
                   f"(group {prepared.study_id})")
+    if report and len(result.points):
+        from scalinglab.report.build import build_report
+
+        with err_console.status("writing the report") as status:
+            page = build_report(db, prepared.study_dir / "report", study=prepared.study_id, cache_dir=cache_dir,
+                                progress=lambda what: status.update(f"report: {what}"), fit_from_tpp=fit_from).page
+        console.print(f"report: {page}")
     if any(t.status == "failed" for t in tasks):
         err_console.print("some runs failed (above); rerun the same command to retry them")
         raise typer.Exit(1)
