@@ -13,7 +13,9 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
+
+import numpy as np
 
 # One colour per model size, the same in every figure of a report (matplotlib's tab10 order).
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -143,3 +145,66 @@ def provenance(command: str, runs: list[dict], what: str = "") -> str:
 def _corpus_name(run: dict) -> str:
     source = ((run.get("config") or {}).get("corpus") or {}).get("source")
     return f"{source} ({run['corpus_key']})" if source else run["corpus_key"]
+
+
+# --- stored results ---------------------------------------------------------------------------------
+
+def newest(store, kind: str, accept=None) -> dict | None:
+    """The newest stored result of `kind` (rows are ordered by id) that `accept` takes, or None."""
+    rows = [r for r in store.results(kind) if accept is None or accept(r)]
+    return rows[-1] if rows else None
+
+
+def finite(x: Any) -> float | None:
+    """x as a float, or None when it is missing, not a number, or not finite."""
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def clean(value: Any) -> Any:
+    """A JSON-able copy: NaN and infinities become None, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return finite(value)
+    return value
+
+
+def result_runs(store, result: dict, ids: Iterable[str], kind: str) -> list[dict]:
+    """The store's run rows behind a result: those named in `ids`, else every run of `kind`."""
+    wanted = {str(i) for i in ids if i}
+    if wanted:
+        rows = [r for r in store.runs() if r["run_id"] in wanted]
+        if rows:
+            return rows
+    return store.runs(kind=kind)
+
+
+def result_provenance(command: str, store, result: dict, ids: Iterable[str], kind: str, what: str = "") -> str:
+    """A provenance line naming the command, the result (key and stored date) and its runs."""
+    label = f"result {result['key']} of kind {kind}, stored {date(result.get('created'))}"
+    return provenance(command, result_runs(store, result, ids, kind), f"{what}; {label}" if what else label)
+
+
+def missing_line(probe: str, command: str, what: str) -> str:
+    return f"Not measured yet: run `{command}` ({what}); the store holds no result of kind probe:{probe}."
+
+
+def dropped_text(what: str, dropped: list[tuple[float, float]], x_name: str) -> str:
+    """A caption sentence saying which points a log axis could not show."""
+    if not dropped:
+        return ""
+    shown = ", ".join(f"{x_name} = {num(x)} ({num(y)})" for x, y in dropped[:4])
+    more = f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""
+    return f" Not drawn (≤ 0 or undefined on a log axis): {what} at {shown}{more}."

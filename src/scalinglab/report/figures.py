@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from scalinglab.errors import UserError
 
 DPI = 120
+FIGSIZE = (6.4, 4.0)  # the probe sections' figures: one column of a page
 
 
 def pyplot():
@@ -54,29 +56,49 @@ def label_log_axis(axis, values) -> None:
     from matplotlib.ticker import NullFormatter
 
     values = sorted({float(v) for v in values})
-    axis.set_ticks(values, [f"{v:,.0f}" if v >= 1 else f"{v:g}" for v in values])
+    axis.set_ticks(values, [f"{v:,.0f}" if 1 <= v < 1e15 else _plain(v) for v in values])
     axis.set_minor_formatter(NullFormatter())
 
 
-def plain_log_axis(axis) -> None:
-    """Log-axis ticks labelled as plain numbers (10k, 1M; 1e18 past the counts people say) instead
-    of 10^x mathtext, with no minor labels. A range under two decades also gets ticks at 2 and 5
-    per decade. Call it after plotting: it reads the axis range."""
-    import math
+def plain_log_axis(axis, values=None) -> None:
+    """A log axis with plain tick labels (10k, 1M; 1e18 past the counts people say) instead of
+    10^x mathtext, and no minor labels: at the data's own `values` when there are a few of them,
+    else at 1-2-5 steps (or decades) within the axis's range. Call it after plotting."""
+    from matplotlib.ticker import NullFormatter
 
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    values = sorted({float(v) for v in values or [] if math.isfinite(float(v)) and v > 0})
+    if values and len(values) <= 6:
+        label_log_axis(axis, values)
+        return
+    lo, hi = sorted(axis.get_view_interval())
+    if not (lo > 0 and hi > lo):
+        return
+    ticks: list[float] = []
+    for steps in ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), tuple(range(1, 10))):
+        ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+                 for m in steps if lo <= m * 10.0 ** k <= hi]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) > 8:
+        ticks = [t for t in ticks if math.isclose(math.log10(t), round(math.log10(t)))] or ticks[:: len(ticks) // 6]
+    axis.set_ticks(ticks, [_plain(t) for t in ticks])
+    axis.set_minor_formatter(NullFormatter())
 
+
+def _plain(v: float) -> str:
     from scalinglab.fmt import human
 
-    def label(v: float, _pos=None) -> str:
-        if v <= 0:
-            return ""
-        if v >= 1e15 or v < 1e-3:
-            return f"1e{round(math.log10(v))}" if math.isclose(math.log10(v), round(math.log10(v))) else f"{v:.0e}"
-        return human(v) if v >= 1 else f"{v:g}"
+    if v >= 1e15 or v < 1e-3:
+        exponent = math.log10(v)
+        return f"1e{round(exponent)}" if math.isclose(exponent, round(exponent)) else f"{v:.0e}"
+    return human(v) if v >= 1 else f"{v:g}"
 
-    lo, hi = sorted(axis.get_view_interval())
-    narrow = lo > 0 and hi / lo < 100
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if narrow else (1.0,)))
-    axis.set_major_formatter(FuncFormatter(label))
-    axis.set_minor_formatter(NullFormatter())
+
+def positive(xs, ys) -> tuple["np.ndarray", "np.ndarray", list[tuple[float, float]]]:  # noqa: F821
+    """(x, y) of the points drawable on log axes (both finite and > 0), and the (x, y) left out."""
+    import numpy as np
+
+    xs, ys = np.asarray(list(xs), dtype=float), np.asarray(list(ys), dtype=float)
+    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
+    dropped = [(float(x), float(y)) for x, y in zip(xs[~ok], ys[~ok])]
+    return xs[ok], ys[ok], dropped

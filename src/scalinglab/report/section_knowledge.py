@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from scalinglab.report.document import Figure, Section, Table, num, size_colour, svg_figure
-from scalinglab.report.figures import pyplot
-from scalinglab.report.section_storage import (
-    FIGSIZE,
+from scalinglab.report.document import (
+    Figure,
+    Section,
+    Table,
     clean,
     dropped_text,
     finite,
-    log_axis,
     missing_line,
     newest,
-    positive,
+    num,
     result_provenance,
+    size_colour,
+    svg_figure,
 )
+from scalinglab.report.figures import FIGSIZE, plain_log_axis, positive, pyplot
 
 KEY = "knowledge"
 TITLE = "Knowledge"
@@ -138,7 +140,7 @@ def _recall_figure(bins: list[dict], model: str) -> Figure:
             ax.plot(*zip(*pts), "o-", ms=3, color=colour, label=f"D = {int(d):,}")
             xs += [p[0] for p in pts]
     ax.set_xscale("log")
-    log_axis(ax.xaxis)
+    plain_log_axis(ax.xaxis)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("exposures of a fact during training (count, bin mean)")
     ax.set_ylabel("recall (share of facts, both value tokens right)")
@@ -171,8 +173,8 @@ def _facts_figure(table: list[dict], models: list[tuple[str, int]], alpha: float
         ax.plot([], [], color="grey", lw=0.8, label=f"α·P / {num(bits)} bits per fact")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    log_axis(ax.xaxis, ds)
-    log_axis(ax.yaxis)
+    plain_log_axis(ax.xaxis, ds)
+    plain_log_axis(ax.yaxis)
     ax.set_xlabel("facts presented D (count)")
     ax.set_ylabel("facts recalled K (count)")
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -288,7 +290,7 @@ def _open_book_figure(closed: list[dict], reader: list[dict], crossover: list[di
         if predicted.get(model) and predicted[model] > 0:
             ax.axvline(predicted[model], color=colour, ls=":", lw=1)
     ax.set_xscale("log")
-    log_axis(ax.xaxis, fs)
+    plain_log_axis(ax.xaxis, fs)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("facts in the table F (count)")
     ax.set_ylabel("share of the table's facts answered")

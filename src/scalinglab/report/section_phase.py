@@ -13,19 +13,20 @@ from __future__ import annotations
 import json
 import math
 
-from scalinglab.report.document import Figure, Section, Table, num, svg_figure
-from scalinglab.report.figures import pyplot
-from scalinglab.report.section_storage import (
-    FIGSIZE,
+from scalinglab.report.document import (
+    Figure,
+    Section,
+    Table,
     clean,
     dropped_text,
     finite,
-    log_axis,
     missing_line,
     newest,
-    positive,
+    num,
     result_provenance,
+    svg_figure,
 )
+from scalinglab.report.figures import FIGSIZE, plain_log_axis, positive, pyplot
 
 KEY = "phase"
 TITLE = "Phase transitions and data quality"
@@ -206,7 +207,7 @@ def _sweep_part(store, section: Section, sweep: dict, numbers: dict) -> None:
 
 def _epoch_axis(ax, epochs) -> None:
     ax.set_xscale("log")
-    log_axis(ax.xaxis)
+    plain_log_axis(ax.xaxis)
     ax.set_xlabel("epoch (full-batch updates)")
 
 
@@ -257,7 +258,7 @@ def _measures_figure(measures: list[dict], run: dict) -> Figure:
             ax.plot(x, y, style, color=colour, label=label, marker="o", ms=3)
         drops += dropped_text(label, [(a, b) for a, b in dropped if a > 0], "epoch")
     ax.set_yscale("log")
-    log_axis(ax.yaxis)
+    plain_log_axis(ax.yaxis)
     _epoch_axis(ax, xs)
     ax.set_ylabel("cross-entropy (nats per answer)")
     ax.legend(fontsize=7, frameon=False)
@@ -287,7 +288,7 @@ def _sweep_figure(table: list[dict], max_epochs, critical: float | None) -> Figu
     if critical is not None:
         ax.axvline(critical, color="C2", ls=":", label=f"critical fraction {num(critical)}")
     ax.set_yscale("log")
-    log_axis(ax.yaxis)
+    plain_log_axis(ax.yaxis)
     ax.set_xlabel("training fraction of all pairs (share)")
     ax.set_ylabel("epoch (full-batch updates)")
     ax.legend(fontsize=8, frameon=False)
@@ -360,8 +361,8 @@ def _facts_bits_figure(table: list[dict], bits_per_fact: float | None, capacity:
         ax.axhline(capacity, color="C3", ls="--", lw=1, label=f"capacity α·N, α = {num(alpha)} bits/param")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    log_axis(ax.xaxis, d)
-    log_axis(ax.yaxis)
+    plain_log_axis(ax.xaxis, d)
+    plain_log_axis(ax.yaxis)
     ax.set_xlabel("dataset size D (items: facts + rule items)")
     ax.set_ylabel("information (bits)")
     ax.legend(fontsize=8, frameon=False)
@@ -383,7 +384,7 @@ def _facts_accuracy_figure(table: list[dict], n) -> Figure:
         if pts:
             ax.plot(*zip(*pts), style, color=colour, label=label, ms=5)
     ax.set_xscale("log")
-    log_axis(ax.xaxis, d)
+    plain_log_axis(ax.xaxis, d)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("dataset size D (items: facts + rule items)")
     ax.set_ylabel("accuracy (share answered right)")
@@ -477,7 +478,7 @@ def _repetition_figure(rep: list[dict], fresh: list[dict], budget, r_ref, r_fit)
     if pts:
         ax.plot(*zip(*sorted(pts)), "^-", color="C2", alpha=0.8, label="one epoch of the same U tokens (fresh)")
     ax.set_xscale("log")
-    log_axis(ax.xaxis, e)
+    plain_log_axis(ax.xaxis, e)
     ax.set_xlabel("epochs e over U = D/e unique tokens (count)")
     ax.set_ylabel("val loss (nats/token)")
     ax.legend(fontsize=8, frameon=False)

@@ -11,125 +11,31 @@ other probe sections (`section_phase`, `section_knowledge`).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Iterable
-
 import numpy as np
 
-from scalinglab.report.document import Figure, Section, Table, date, interval, num, provenance, size_colour, svg_figure
-from scalinglab.report.figures import label_log_axis, plain_log_axis, pyplot
+from scalinglab.report.document import (
+    Figure,
+    Section,
+    Table,
+    clean,
+    dropped_text,
+    finite,
+    interval,
+    missing_line,
+    newest,
+    num,
+    result_provenance,
+    size_colour,
+    svg_figure,
+)
+from scalinglab.report.figures import FIGSIZE, plain_log_axis, positive, pyplot
 
 KEY = "storage"
 TITLE = "Storage vs structure"
-FIGSIZE = (6.4, 4.0)
 CHINCHILLA_TPP = 20.0  # Hoffmann et al. 2022's compute-optimal tokens per parameter
 
 CAPACITY_COMMAND = "scalinglab probe capacity"
 MEMORISATION_COMMAND = "scalinglab probe memorisation"
-
-
-# --- helpers shared by the probe sections -----------------------------------------------------------
-
-def newest(store, kind: str, accept=None) -> dict | None:
-    """The newest stored result of `kind` (rows are ordered by id) that `accept` takes, or None."""
-    rows = [r for r in store.results(kind) if accept is None or accept(r)]
-    return rows[-1] if rows else None
-
-
-def finite(x: Any) -> float | None:
-    """x as a float, or None when it is missing, not a number, or not finite."""
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def clean(value: Any) -> Any:
-    """A JSON-able copy: NaN and infinities become None, numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return finite(value)
-    return value
-
-
-def interval_text(lo: float | None, hi: float | None, digits: int = 3) -> str:
-    """'[95%: lo, hi]', or '(no interval)' when the bounds are missing."""
-    text = interval(finite(lo), finite(hi), digits)
-    return text if text.startswith(("[", "(")) else f"({text})"
-
-
-def result_runs(store, result: dict, ids: Iterable[str], kind: str) -> list[dict]:
-    """The store's run rows behind a result: those named in `ids`, else every run of `kind`."""
-    wanted = {str(i) for i in ids if i}
-    if wanted:
-        rows = [r for r in store.runs() if r["run_id"] in wanted]
-        if rows:
-            return rows
-    return store.runs(kind=kind)
-
-
-def result_provenance(command: str, store, result: dict, ids: Iterable[str], kind: str, what: str = "") -> str:
-    """A provenance line naming the command, the result (key and stored date) and its runs."""
-    label = f"result {result['key']} of kind {kind}, stored {date(result.get('created'))}"
-    return provenance(command, result_runs(store, result, ids, kind), f"{what}; {label}" if what else label)
-
-
-def log_axis(axis, values: Iterable[float] | None = None) -> None:
-    """A log axis with plain tick labels: at the data's own `values` when there are a few of them,
-    else at 1-2-5 steps (or decades) within the axis's current limits. Call it after drawing."""
-    from matplotlib.ticker import NullFormatter
-
-    from scalinglab.fmt import human
-
-    values = sorted({float(v) for v in values or [] if finite(v) is not None and v > 0})
-    if values and len(values) <= 6:
-        label_log_axis(axis, values)
-        return
-    lo, hi = sorted(axis.get_view_interval())
-    if not (lo > 0 and hi > lo):
-        plain_log_axis(axis)
-        return
-    ticks: list[float] = []
-    for steps in ((1.0,), (1.0, 3.0), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0), tuple(range(1, 10))):
-        ticks = [m * 10.0 ** k for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-                 for m in steps if lo <= m * 10.0 ** k <= hi]
-        if len(ticks) >= 3:
-            break
-    if len(ticks) > 8:
-        ticks = [t for t in ticks if math.isclose(math.log10(t), round(math.log10(t)))] or ticks[:: len(ticks) // 6]
-    axis.set_ticks(ticks, [human(t) if t >= 1 else f"{t:g}" for t in ticks])
-    axis.set_minor_formatter(NullFormatter())
-
-
-def positive(xs: Iterable[float], ys: Iterable[float]) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float]]]:
-    """(x, y) of the points drawable on log axes (both finite and > 0), and the (x, y) left out."""
-    xs, ys = np.asarray(list(xs), dtype=float), np.asarray(list(ys), dtype=float)
-    ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
-    dropped = [(float(x), float(y)) for x, y in zip(xs[~ok], ys[~ok])]
-    return xs[ok], ys[ok], dropped
-
-
-def dropped_text(what: str, dropped: list[tuple[float, float]], x_name: str) -> str:
-    """A caption sentence saying which points a log axis could not show."""
-    if not dropped:
-        return ""
-    shown = ", ".join(f"{x_name} = {num(x)} ({num(y)})" for x, y in dropped[:4])
-    more = f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""
-    return f" Not drawn (≤ 0 or undefined on a log axis): {what} at {shown}{more}."
-
-
-def missing_line(probe: str, command: str, what: str) -> str:
-    return f"Not measured yet: run `{command}` ({what}); the store holds no result of kind probe:{probe}."
 
 
 # --- capacity ----------------------------------------------------------------------------------------
@@ -161,9 +67,9 @@ def _capacity_part(store, section: Section) -> bool:
     section.numbers["capacity"] = clean(numbers)
 
     section.readings.append(
-        f"The capacity probe measured α = {num(alpha)} bits/param {interval_text(low, high)} over {len(models)} "
+        f"The capacity probe measured α = {num(alpha)} bits/param {interval(low, high)} over {len(models)} "
         f"model(s), counting all parameters (anchor: {num(anchor)}, Morris et al. 2025); against non-embedding "
-        f"parameters α = {num(ne)} {interval_text(ne_low, ne_high)}.")
+        f"parameters α = {num(ne)} {interval(ne_low, ne_high)}.")
     slope, r2 = numbers["log_slope"], numbers["r2"]
     if slope is not None:
         section.readings.append(
@@ -195,7 +101,7 @@ def _capacity_figure(models: list[dict], alpha: float, low: float | None, high: 
     grid = np.geomspace(min(params) / 1.5, max(params) * 1.5, 50)
     if low is not None and high is not None and low > 0:
         ax.fill_between(grid, low * grid, high * grid, color="C0", alpha=0.12, lw=0)
-    band = interval_text(low, high)
+    band = interval(low, high)
     ax.plot(grid, alpha * grid, color="C0", lw=1.2, label=f"α·P, α = {num(alpha)} bits/param {band}")
     ax.plot(grid, anchor * grid, color="grey", lw=1, ls="--", label=f"{num(anchor)} bits/param (Morris et al. 2025)")
     for px, py in zip(x, y):
@@ -207,8 +113,8 @@ def _capacity_figure(models: list[dict], alpha: float, low: float | None, high: 
     ax.plot([], [], "o", color="black", markerfacecolor="white", label="same fit with half the steps")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    log_axis(ax.xaxis, params)
-    log_axis(ax.yaxis)
+    plain_log_axis(ax.xaxis, params)
+    plain_log_axis(ax.yaxis)
     ax.set_xlabel("parameters P (count, total incl. embeddings)")
     ax.set_ylabel("capacity (bits)")
     ax.legend(fontsize=8, frameon=False)
@@ -354,8 +260,8 @@ def _bits_figure(rows: list[dict], capacity: float | None, limit: float | None, 
     ax.set_xscale("log")
     if drawn:
         ax.set_yscale("log")
-        log_axis(ax.yaxis)
-    log_axis(ax.xaxis, xs)
+        plain_log_axis(ax.yaxis)
+    plain_log_axis(ax.xaxis, xs)
     ax.set_xlabel("unique training tokens per parameter D/N (tokens/param)")
     ax.set_ylabel("information (bits)")
     ax.legend(fontsize=7, frameon=False)
@@ -386,7 +292,7 @@ def _auc_figure(rows: list[dict], study: list[dict], limit: float | None) -> Fig
     ax.axhline(0.5, color="grey", ls=":", lw=0.9, label="0.5: no membership signal")
     _limit_line(ax, limit)
     ax.set_xscale("log")
-    log_axis(ax.xaxis, xs)
+    plain_log_axis(ax.xaxis, xs)
     ax.set_xlabel("unique training tokens per parameter D/N (tokens/param)")
     ax.set_ylabel("membership-inference AUC (probability)")
     ax.legend(fontsize=7, frameon=False)

@@ -16,7 +16,7 @@ import pandas as pd
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
 from scalinglab.probes.capacity import ANCHOR_BITS_PER_PARAM as CAPACITY_ANCHOR
-from scalinglab.report.document import Section, Table, interval, num, provenance, size_label, svg_figure
+from scalinglab.report.document import Section, Table, clean, interval, num, provenance, size_label, svg_figure
 from scalinglab.store import Store
 from scalinglab.study.analysis import FIT_FROM_TPP, DataFit, fit_per_n, study_points, trunk_points
 
@@ -100,11 +100,6 @@ def size_numbers(study: StudyData) -> dict[int, dict]:
     return out
 
 
-def _clean(row: dict) -> dict:
-    """JSON-able: NaN (no interval) becomes None."""
-    return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-
-
 def reading_for_size(row: dict) -> str:
     text = (f"At {size_label(row['N'])} the val loss fell {num(row['drop'])} nats from {num(row['tpp_at_20'])} to "
             f"{num(row['max_tpp'])} tokens/param ({row['loss_at_20']:.4f} → {row['loss_at_max']:.4f})")
@@ -147,7 +142,7 @@ def scaling_section(study: StudyData | None) -> Section:
                    "Val minus train loss: storing the training set would open this gap; learning structure keeps it small."),
     ]
     section.provenance = [provenance(STUDY_COMMAND, study.runs, f"study {study.study_id}")]
-    section.numbers = {"study": study.study_id, "sizes": {str(n): _clean(r) for n, r in rows.items()}}
+    section.numbers = {"study": study.study_id, "sizes": {str(n): clean(r) for n, r in rows.items()}}
     return section
 
 
@@ -174,7 +169,7 @@ def glance_section(study: StudyData | None, alpha: float | None = None, alpha_so
                 "the gain predicted for one more doubling of D by the per-N fit.")]
     section.readings = [question_one(rows), question_two(study, rows, alpha, alpha_source, compression)]
     section.provenance = [provenance(STUDY_COMMAND, study.runs, f"study {study.study_id}")]
-    section.numbers = {"study": study.study_id, "sizes": {str(n): _clean(r) for n, r in rows.items()},
+    section.numbers = {"study": study.study_id, "sizes": {str(n): clean(r) for n, r in rows.items()},
                        "alpha_bits_per_param": alpha if alpha is not None else CAPACITY_ANCHOR}
     return section
 
