@@ -208,3 +208,19 @@ def dropped_text(what: str, dropped: list[tuple[float, float]], x_name: str) -> 
     shown = ", ".join(f"{x_name} = {num(x)} ({num(y)})" for x, y in dropped[:4])
     more = f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""
     return f" Not drawn (≤ 0 or undefined on a log axis): {what} at {shown}{more}."
+
+
+def probe_section(store, key: str, title: str, parts: list[tuple]) -> Section:
+    """A section made of probe parts, each `(build, probe, command, what)`: `build(store, section)`
+    adds its readings and figures and says whether the store had its result. With none, the
+    section is missing and names every command; otherwise each absent part says its command."""
+    section = Section(key=key, title=title)
+    found = [build(store, section) for build, *_ in parts]
+    if not any(found):
+        commands = [f"`{command}` ({what})" for _, _, command, what in parts]
+        section.missing = "Not measured yet: run " + ", ".join(commands[:-1]) + " and " + commands[-1] + "."
+        return section
+    for ok, (_, probe, command, what) in zip(found, parts):
+        if not ok:
+            section.readings.append(missing_line(probe, command, what))
+    return section

@@ -18,9 +18,9 @@ from scalinglab.report.document import (
     clean,
     dropped_text,
     finite,
-    missing_line,
     newest,
     num,
+    probe_section,
     result_provenance,
     size_colour,
     svg_figure,
@@ -305,16 +305,7 @@ def _open_book_figure(closed: list[dict], reader: list[dict], crossover: list[di
 
 def build(store) -> Section:
     """The knowledge section from the newest long-tail and open-book results."""
-    section = Section(key=KEY, title=TITLE)
-    has_tail = _long_tail_part(store, section)
-    has_book = _open_book_part(store, section)
-    if not (has_tail or has_book):
-        section.missing = (f"Not measured yet: run `{LONG_TAIL_COMMAND}` (recall vs exposures and D) and "
-                           f"`{OPEN_BOOK_COMMAND}` (facts in the weights vs in the context).")
-        return section
-    if not has_tail:
-        section.readings.append(missing_line("long-tail", LONG_TAIL_COMMAND, "recall vs exposures and D"))
-    if not has_book:
-        section.readings.append(missing_line("open-book", OPEN_BOOK_COMMAND, "closed vs open book"))
-    return section
-
+    return probe_section(store, KEY, TITLE, [
+        (_long_tail_part, "long-tail", LONG_TAIL_COMMAND, "recall vs exposures and D"),
+        (_open_book_part, "open-book", OPEN_BOOK_COMMAND, "facts in the weights vs in the context"),
+    ])

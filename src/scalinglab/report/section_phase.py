@@ -20,9 +20,9 @@ from scalinglab.report.document import (
     clean,
     dropped_text,
     finite,
-    missing_line,
     newest,
     num,
+    probe_section,
     result_provenance,
     svg_figure,
 )
@@ -511,17 +511,8 @@ def _junk_figure(junk: list[dict], base: dict | None, junk_kind: str) -> Figure:
 def build(store) -> Section:
     """The phase-transition and data-quality section from the newest grokking, facts-rules and
     repetition results."""
-    section = Section(key=KEY, title=TITLE)
-    parts = [
-        (_grokking_part(store, section), "grokking", GROKKING_COMMAND, "memorisation then generalisation"),
-        (_facts_rules_part(store, section), "facts-rules", FACTS_RULES_COMMAND, "facts vs rules at fixed N"),
-        (_repetition_part(store, section), "repetition", REPETITION_COMMAND, "repeated and junk data"),
-    ]
-    if not any(found for found, *_ in parts):
-        section.missing = (f"Not measured yet: run `{GROKKING_COMMAND}`, `{FACTS_RULES_COMMAND}` and "
-                           f"`{REPETITION_COMMAND}`.")
-        return section
-    for found, probe, command, what in parts:
-        if not found:
-            section.readings.append(missing_line(probe, command, what))
-    return section
+    return probe_section(store, KEY, TITLE, [
+        (_grokking_part, "grokking", GROKKING_COMMAND, "memorisation then generalisation"),
+        (_facts_rules_part, "facts-rules", FACTS_RULES_COMMAND, "facts vs rules at fixed N"),
+        (_repetition_part, "repetition", REPETITION_COMMAND, "repeated and junk data"),
+    ])

@@ -21,9 +21,9 @@ from scalinglab.report.document import (
     dropped_text,
     finite,
     interval,
-    missing_line,
     newest,
     num,
+    probe_section,
     result_provenance,
     size_colour,
     svg_figure,
@@ -306,16 +306,8 @@ def _auc_figure(rows: list[dict], study: list[dict], limit: float | None) -> Fig
 
 def build(store) -> Section:
     """The storage-vs-structure section from the newest capacity and memorisation results."""
-    section = Section(key=KEY, title=TITLE)
-    has_capacity = _capacity_part(store, section)
-    has_memorisation = _memorisation_part(store, section)
-    if not (has_capacity or has_memorisation):
-        section.missing = (f"Not measured yet: run `{CAPACITY_COMMAND}` (bits per parameter) and "
-                           f"`{MEMORISATION_COMMAND}` (memorised vs generalised bits as D/N grows).")
-        return section
-    if not has_capacity:
-        section.readings.append(missing_line("capacity", CAPACITY_COMMAND, "α in bits per parameter"))
-    if not has_memorisation:
-        section.readings.append(missing_line("memorization", MEMORISATION_COMMAND,
-                                             "the storage limit, memorised vs generalised bits and membership AUC"))
-    return section
+    return probe_section(store, KEY, TITLE, [
+        (_capacity_part, "capacity", CAPACITY_COMMAND, "bits per parameter"),
+        (_memorisation_part, "memorization", MEMORISATION_COMMAND,
+         "the storage limit, memorised vs generalised bits and membership AUC as D/N grows"),
+    ])
