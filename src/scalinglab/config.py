@@ -384,12 +384,62 @@ def config_hash(data: dict) -> str:
 
 def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Human-readable differences between two config dicts (for `--resume` refusals)."""
+    return [f"{key}: {a!r} -> {b!r}" for key, a, b in config_changes(old, new, prefix)]
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += diff_configs(a, b, f"{prefix}{key}.")
+            out += config_changes(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+            out.append((f"{prefix}{key}", a, b))
     return out
+
+
+# The command-line option behind each config field a user sets, for refusals that name them.
+OPTION_OF = {
+    "train.tokens": "--tokens", "train.batch_size": "--batch-size", "train.seq_len": "--seq-len", "train.lr": "--lr",
+    "train.seed": "--seed", "train.eval_tokens": "--eval-tokens", "train.device": "--device", "train.dtype": "--dtype",
+    "train.schedule.kind": "--schedule", "train.schedule.warmup_steps": "--warmup",
+    "train.schedule.shape": "--cooldown-shape", "corpus.source": "--corpus", "corpus.field": "--field",
+    "corpus.glob": "--glob", "corpus.tokenizer": "--tokenizer", "corpus.vocab_size": "--vocab-size",
+}
+# Fields the run plan derives from others (the step count from the tokens, the default learning
+# rate from the model's width): a change there is a consequence unless nothing else changed.
+DERIVED = {"train.eval_steps", "train.total_steps", "train.batch_size", "train.schedule.decay_start", "train.schedule.total_steps",
+           "train.schedule.warmup_steps", "train.lr", "corpus_key"}
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """The settings a user changed between two run configs, by the options they set them with,
+    and (after them) what merely follows from those."""
+    changes = config_changes(old, new)
+    primary = [c for c in changes if c[0] not in DERIVED] or changes
+    derived = [c for c in changes if c not in primary]
+    said, model_said = [], False
+    for key, a, b in primary:
+        if key.startswith("model."):
+            if not model_said:
+                shape = lambda m: f"{m.get('n_layer')}x{m.get('d_model')}"  # noqa: E731
+                said.append(f"the model (--size/--params): {shape(old.get('model', {}))} -> {shape(new.get('model', {}))}")
+                model_said = True
+            continue
+        option = OPTION_OF.get(key, key)
+        said.append(f"{option}: {_short(a)} -> {_short(b)}")
+    text = "you changed " + "; ".join(said[:4]) + (f" and {len(said) - 4} more" if len(said) > 4 else "")
+    if derived:
+        text += " (which also changes " + ", ".join(sorted({k.rsplit('.', 1)[-1].replace('_', ' ') for k, *_ in derived})) + ")"
+    return text
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 

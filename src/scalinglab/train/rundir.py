@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from scalinglab import __version__
-from scalinglab.config import diff_configs
+from scalinglab.config import describe_changes
 from scalinglab.errors import UserError
 from scalinglab.fsutil import atomic_write_json, read_json
 
@@ -41,8 +41,8 @@ def claim_directory(out_dir: Path, config: dict, *, resume: bool = True, what: s
     if config_path.exists():
         old = read_json(config_path)
         if old != wanted:
-            changes = "; ".join(diff_configs(old or {}, wanted)[:4])
-            raise UserError(f"{out_dir} holds a {what} with a different config ({changes}); {fix}")
+            raise UserError(f"{out_dir} holds a {what} with a different config: {describe_changes(old or {}, wanted)}; "
+                            f"give the options it was started with to continue it, or {fix}")
         if not resume and not (out_dir / "DONE").exists():
             raise UserError(f"{out_dir} already holds this {what}; pass --resume to continue it, or {fix}")
         return
