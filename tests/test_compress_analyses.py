@@ -218,3 +218,41 @@ def _corpus_of(run: Path) -> str:
     import json
 
     return json.loads((run / "config.json").read_text())["corpus"]["source"]
+
+
+def test_compression_vs_data_codes_a_users_file_and_says_whether_the_models_saw_it(study, text_corpus, tmp_path, run_cli):
+    db, dirs = study
+    unseen = tmp_path / "unseen.txt"
+    unseen.write_text("Il était une fois, dans un pays lointain, une bibliothèque où personne n'écrivait de code.\n" * 30)
+    frame = compression_vs_data(None, run_dirs=dirs, input_path=unseen, max_bytes=2048)
+    assert list(frame["split"]) == ["file:unseen.txt"] * 2 and (frame["bytes"] == 2048).all()
+    assert frame["train_overlap"].max() < 0.05  # never trained on
+    # a copy of the training split is recognised as such, and the command warns
+    copy = tmp_path / "copy.txt"
+    copy.write_bytes(split_bytes(prepare_corpus(CorpusConfig(source=str(text_corpus))), "train")[:4096])
+    code, out, err = run_cli("compress-vs-data", "--group", GROUP, "--db", db, "--input", copy,
+                             "--figure", tmp_path / "c.png")
+    assert code == 0, err
+    assert "occur verbatim in the models' training split" in out and "file:copy.txt" in out
+    code, _, err = run_cli("compress-vs-data", "--group", GROUP, "--db", db, "--input", tmp_path / "absent.txt")
+    assert code == 2 and "--input" in err and len(err.strip().splitlines()) == 1
+
+
+def test_compression_vs_data_takes_the_nearest_size_and_refuses_a_far_one(study):
+    db, _ = study
+    store = open_store(db)
+    n = int(compression_vs_data(store, GROUP, max_bytes=1024)["n"].iloc[0])
+    assert set(compression_vs_data(store, GROUP, n=int(n * 1.3), max_bytes=1024)["n"]) == {n}
+    with pytest.raises(UserError, match="no run has N near"):
+        compression_vs_data(store, GROUP, n=n * 10, max_bytes=1024)
+
+
+def test_archives_shorter_than_the_float_code_length_are_explained():
+    import pandas as pd
+
+    from scalinglab.cli.compress import coding_notes
+
+    frame = pd.DataFrame({"ideal_bpb": [2.0, 1.5], "archive_bpb": [2.01, 1.49], "train_overlap": [None, None]})
+    notes = coding_notes(frame)
+    assert len(notes) == 1 and "one count in 2^24" in notes[0]
+    assert coding_notes(frame.assign(archive_bpb=[2.01, 1.51])) == []

@@ -170,16 +170,17 @@ def bench_table(frame):
 def compress_vs_data(
     group: Optional[str] = typer.Option(None, help="Study group whose finished branch runs to measure."),
     run: list[Path] = typer.Option([], "--run", help="Run directory to measure (repeatable; instead of --group)."),
-    n: Optional[str] = typer.Option(None, help="Keep one model size N (non-embedding), e.g. 1e6."),
+    n: Optional[str] = typer.Option(None, help="Keep one model size: a count (N non-embedding, e.g. 1e5) or a preset (e.g. 100k); the nearest size the runs have."),
     split: str = typer.Option("test", help="Split to compress: test, val or train."),
+    input_: Optional[Path] = typer.Option(None, "--input", help="Code this file instead of a split (text the models never saw: the direct test of structure)."),
     max_bytes: Optional[str] = typer.Option(None, help="Measure only this many bytes of the split (e.g. 100k)."),
     archive: bool = typer.Option(False, "--archive", help="Also write the real archive (slower) and record its size."),
     chunk_size: Optional[int] = ChunkOption,
-    figure: Optional[Path] = typer.Option(None, help="Figure to write (default compress-vs-data-<group>.png)."),
+    figure: Optional[Path] = typer.Option(None, help="Figure to write (default: the study folder's figures/compress-vs-data-<what>.png)."),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store."),
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
-    """Compressed size of a held-out split at every training-data size D, for fixed N."""
+    """Code length of held-out text (a split, or your own file) at every training-data size D, for fixed N."""
     from scalinglab.compress.vsdata import compression_vs_data
     from scalinglab.corpus.prepare import SPLITS
     from scalinglab.report.compress import plot_compression_vs_data
@@ -189,21 +190,57 @@ def compress_vs_data(
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     store = open_store(db)
     frame = compression_vs_data(
-        store, group, run or None, n=int(parse_number(n, "--n")) if n else None, split=split,
+        store, group, run or None, n=_size(n) if n else None, split=split,
         max_bytes=int(parse_number(max_bytes, "--max-bytes")) if max_bytes else None, archive=archive,
-        chunk_size=chunk_size, cache_dir=cache_dir,
+        chunk_size=chunk_size, cache_dir=cache_dir, input_path=input_,
         progress=lambda label: err_console.print(f"measuring {label}...", highlight=False),
     )
+    what = frame["split"].iloc[0]
     for _, r in frame.iterrows():
         archived = f", archive {r['archive_bpb']:.4f}" if r["archive_bytes"] else ""
         warm = "" if r["cooled"] else f"  ({r['kind']} at step {r['step']:,}: not cooled down)"
         console.print(f"N={r['n']:>12,.0f}  D={r['d']:>14,.0f}  ({r['tokens_per_param']:8.1f} tok/param)  "
-                      f"{split} {r['ideal_bpb']:.4f} bits/byte{archived}{warm}", highlight=False)
+                      f"{what} {r['ideal_bpb']:.4f} bits/byte (−log2 p){archived}{warm}", highlight=False)
     first = frame.iloc[0]
     console.print(f"gzip -9 {first['gzip-9_bpb']:.4f}, xz -9 {first['xz-9_bpb']:.4f} bits/byte on the same "
                   f"{first['bytes']:,} bytes", highlight=False)
-    path = plot_compression_vs_data(frame, figure or Path(f"compress-vs-data-{group or 'runs'}.png"))
+    for note in coding_notes(frame):
+        console.print(note, highlight=False)
+    path = plot_compression_vs_data(frame, figure or _default_figure(frame, group, input_))
     console.print(f"figure: {path}; results in {db} (kind compress-vs-data)", highlight=False)
+
+
+def _size(text: str) -> int:
+    """--n as a count (1e5, 100k) or a model preset's non-embedding count (1m, gpt2)."""
+    from scalinglab.model import PRESETS, count_params, preset
+
+    if text.strip().lower() in PRESETS:
+        return count_params(preset(text.strip())).non_embedding
+    return int(parse_number(text, "--n"))
+
+
+def _default_figure(frame, group: str | None, input_: Path | None) -> Path:
+    """In the study's own figures folder, beside the study's figures (else the current folder)."""
+    name = f"compress-vs-data-{input_.stem if input_ else frame['split'].iloc[0]}.png"
+    runs = Path(frame["out_dir"].iloc[0]).parent
+    return runs.parent / "figures" / name if group and runs.name == "runs" else Path(name)
+
+
+def coding_notes(frame) -> list[str]:
+    """What a reader of the numbers needs told: a file the models trained on, and archives
+    shorter than the float code length."""
+    notes = []
+    overlap = frame["train_overlap"].dropna() if "train_overlap" in frame else []
+    if len(overlap) and overlap.max() > 0.05:
+        notes.append(f"warning: {overlap.max():.0%} of the input's 64-byte windows occur verbatim in the models' "
+                     "training split: this is not text they never saw, so its code length measures memory as "
+                     "much as structure")
+    if "archive_bpb" in frame and (frame["archive_bpb"] < frame["ideal_bpb"]).any():
+        notes.append("note: some archives are shorter than the float code length −log2 p. The coder gives every "
+                     "token at least one count in 2^24, so a byte the model thinks nearly impossible costs at most "
+                     "24 bits in the archive but more under −log2 p; the float figure is the model's code length, "
+                     "not a bound on the archive.")
+    return notes
 
 
 @app.command()

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from scalinglab.compress import DEFAULT_BATCH
 from scalinglab.compress.archive import compress_bytes, load_compressor
 from scalinglab.compress.baselines import baseline_sizes
@@ -71,6 +73,11 @@ def _checkpoint_step(info: RunInfo) -> tuple[int, bool]:
     return step, done is not None and total is not None and step == int(total)
 
 
+def nearest_size(wanted: float, sizes: Sequence[int]) -> int:
+    """The size in `sizes` nearest to `wanted` on a log scale (a study's sizes are spaced by ratios)."""
+    return min(sizes, key=lambda s: abs(math.log(s / wanted)))
+
+
 def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n: int | None) -> list[Target]:
     if run_dirs:
         infos = [run_info(d) for d in run_dirs]
@@ -90,43 +97,81 @@ def _targets(store, group: str | None, run_dirs: Sequence[str | Path] | None, n:
         targets.append(Target(info, n_run, step * info.batch_tokens, step, final))
     if n is not None:
         sizes = sorted({t.n for t in targets})
-        targets = [t for t in targets if t.n == n]
-        if not targets:
-            raise UserError(f"no run has N = {n:,} non-embedding parameters; the runs have {', '.join(f'{s:,}' for s in sizes)}")
+        chosen = nearest_size(n, sizes)
+        if abs(math.log(chosen / n)) > math.log(2):  # more than 2x off: the user meant a size the runs lack
+            raise UserError(f"no run has N near {n:,.0f} non-embedding parameters (within 2x); the runs have "
+                            f"{', '.join(f'{s:,}' for s in sizes)}")
+        targets = [t for t in targets if t.n == chosen]
     return sorted(targets, key=lambda t: (t.n, t.d))
+
+
+def read_input(path: Path, max_bytes: int | None) -> bytes:
+    """The bytes of a user's file to code (a prefix of `max_bytes`), refusing what cannot be read."""
+    if not path.is_file():
+        raise UserError(f"--input {path} is not a file; give a text file to compress")
+    try:
+        data = path.read_bytes()[: max_bytes or None]
+    except OSError as exc:
+        raise UserError(f"cannot read --input {path}: {exc.strerror}") from None
+    if not data:
+        raise UserError(f"--input {path} is empty; nothing to compress")
+    return data
+
+
+OVERLAP_WINDOW = 64  # bytes: a window this long found verbatim in the training text is no coincidence
+
+
+def training_overlap(data: bytes, train: bytes, windows: int = 200) -> float:
+    """The share of `windows` evenly spaced 64-byte windows of `data` found verbatim in `train`:
+    near 0 for text the model never saw, near 1 for a copy of its training data."""
+    if len(data) < OVERLAP_WINDOW or not train:
+        return 0.0
+    starts = sorted({int(i) for i in np.linspace(0, len(data) - OVERLAP_WINDOW, num=min(windows, len(data)))})
+    found = sum(data[i : i + OVERLAP_WINDOW] in train for i in starts)
+    return found / len(starts)
 
 
 def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence[str | Path] | None = None,
                         *, n: int | None = None, split: str = "test", max_bytes: int | None = None,
                         archive: bool = False, chunk_size: int | None = None, batch_size: int = DEFAULT_BATCH,
-                        cache_dir: Path | None = None,
+                        cache_dir: Path | None = None, input_path: str | Path | None = None,
                         progress: Callable[[str], None] | None = None) -> "pd.DataFrame":  # noqa: F821
-    """One row per (N, D): the `split`'s ideal code length (and optionally the real archive's size)
-    under the model trained on D tokens, with gzip -9 and xz -9 of the same bytes.
+    """One row per (N, D): the code length of the `split` (or of the user's file `input_path`)
+    under the model trained on D tokens (−log2 p, and optionally the real archive's size), with
+    gzip -9 and xz -9 of the same bytes.
 
-    Runs come from a study `group` in `store` (branch runs) or from `run_dirs`; `n` keeps one
-    model size. `max_bytes` measures a prefix of the split (quicker, for tests and previews).
+    Runs come from a study `group` in `store` (branch runs) or from `run_dirs`; `n` keeps the
+    model size nearest to it. `max_bytes` measures a prefix (quicker, for tests and previews). A
+    file's rows carry `train_overlap`: the share of its 64-byte windows found verbatim in the
+    model's training split (near 0 for text the model never saw).
     """
     import pandas as pd
 
     targets = _targets(store, group, run_dirs, n)
-    data_cache: dict[str, tuple[bytes, dict]] = {}  # a study's runs share one corpus: read it once
+    given = read_input(Path(input_path), max_bytes) if input_path is not None else None
+    source = f"file:{Path(input_path).name}" if input_path is not None else split
+    data_cache: dict[str, tuple[bytes, dict, float | None]] = {}  # a study's runs share one corpus: read it once
     rows = []
     for target in targets:
         info = target.info
         corpus_id = json.dumps([info.config["corpus"], info.config.get("corpus_key")], sort_keys=True)
         if corpus_id not in data_cache:
-            data = split_bytes(info.corpus(cache_dir), split)[: max_bytes or None]
+            overlap = None
+            if given is None:
+                data = split_bytes(info.corpus(cache_dir), split)[: max_bytes or None]
+            else:
+                data = given
+                overlap = training_overlap(data, split_bytes(info.corpus(cache_dir), "train"))
             if not data:
                 raise UserError(f"the {split} split is empty; nothing to compress")
             classical = {b.name: b.whole_bpb for b in baseline_sizes(data, None, ["gzip-9", "xz-9"])}
-            data_cache[corpus_id] = (data, classical)
-        data, classical = data_cache[corpus_id]
+            data_cache[corpus_id] = (data, classical, overlap)
+        data, classical, overlap = data_cache[corpus_id]
         chunk = chunk_size or int(info.train["seq_len"])  # the compressor's default: the training context
         data_hash = hashlib.sha256(data).hexdigest()[:16]
         # a trunk or an unfinished run keeps its id as it trains on: the step names the model
         model_id = info.run_id if target.final else f"{info.run_id}@{target.step}"
-        key = f"{model_id}:{split}:{data_hash}:c{chunk}:{'archive' if archive else 'ideal'}"
+        key = f"{model_id}:{source}:{data_hash}:c{chunk}:{'archive' if archive else 'ideal'}"
         row = store.get_result(KIND, key) if store is not None else None
         if row is None:
             if progress:
@@ -138,7 +183,8 @@ def compression_vs_data(store=None, group: str | None = None, run_dirs: Sequence
             row = {
                 "run_id": info.run_id, "group": group, "out_dir": str(info.out_dir), "kind": info.config.get("kind"),
                 "step": target.step, "cooled": target.cooled, "n": target.n, "d": target.d,
-                "tokens_per_param": target.d / target.n, "split": split, "bytes": len(data), "tokens": len(tokens),
+                "tokens_per_param": target.d / target.n, "split": source, "bytes": len(data), "tokens": len(tokens),
+                "train_overlap": overlap,
                 "chunk_size": chunk, "ideal_bits": bits, "ideal_bpb": bits / len(data),
                 "gzip-9_bpb": classical["gzip-9"], "xz-9_bpb": classical["xz-9"],
                 "archive_bytes": None, "archive_bpb": math.nan,

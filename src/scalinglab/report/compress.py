@@ -29,18 +29,20 @@ def compression_vs_data_figure(frame):
         done, trunk = part[part["cooled"]], part[~part["cooled"]]
         color = colour[int(n)]
         if len(done):
-            ax.plot(done["d"], done["ideal_bpb"], "o-", color=color, label=f"N = {n:,.0f} (ideal)")
+            ax.plot(done["d"], done["ideal_bpb"], "o-", color=color, label=f"N = {n:,.0f} (−log2 p)")
             if done["archive_bpb"].notna().any():
                 ax.plot(done["d"], done["archive_bpb"], "x", color=color, label=f"N = {n:,.0f} (archive)")
         if len(trunk):  # constant learning rate, never cooled down: not on the same curve
             ax.plot(trunk["d"], trunk["ideal_bpb"], "o", mfc="none", color=color,
                     label=f"N = {n:,.0f} (not cooled down)")
+    size = int(frame["bytes"].iloc[0])
     for name, style in (("gzip-9", ":"), ("xz-9", "--")):
-        ax.axhline(frame[f"{name}_bpb"].iloc[0], color="grey", linestyle=style, label=f"{name} (whole split)")
+        ax.axhline(frame[f"{name}_bpb"].iloc[0], color="grey", linestyle=style, label=f"{name} (the same {size:,} bytes)")
     ax.set_xscale("log")
     plain_log_axis(ax.xaxis)
     ax.set_xlabel("training tokens D")
-    ax.set_ylabel(f"{frame['split'].iloc[0]} split, bits per byte")
+    what = frame["split"].iloc[0]
+    ax.set_ylabel(f"{what[5:] if what.startswith('file:') else what + ' split'}, bits per byte")
     ax.set_title("Held-out code length against training tokens D, by model size N")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")

@@ -36,8 +36,14 @@ def _vs_data(store: Store, study_id: str | None, section: Section) -> None:
     group = study_id if study_id in groups else (groups[-1] if groups else None)
     if group is not None:
         frame = frame[frame["group"] == group]
-    # one split, and the newest measurement of each model
-    frame = frame[frame["split"] == frame["split"].iloc[-1]].drop_duplicates(["run_id", "step"], keep="last")
+    files = frame[frame["split"].str.startswith("file:")]
+    splits = frame[~frame["split"].str.startswith("file:")]
+    _transfer(files, section)
+    if splits.empty:
+        return
+    # one split (the test split when measured), and the newest measurement of each model
+    chosen = "test" if (splits["split"] == "test").any() else splits["split"].iloc[-1]
+    frame = splits[splits["split"] == chosen].drop_duplicates(["run_id", "step"], keep="last")
     section.figures.append(svg_figure(
         compression_vs_data_figure(frame), "compression_vs_data",
         f"Bits per byte of the {frame['split'].iloc[0]} split ({int(frame['bytes'].iloc[0]):,} bytes, never trained on) "
@@ -65,6 +71,25 @@ def _vs_data(store: Store, study_id: str | None, section: Section) -> None:
                                   "baseline": name, "baseline_bpb": baselines[name]}
     runs = [r for r in (store.get_run(i) for i in frame["run_id"].unique()) if r]
     section.provenance.append(provenance("scalinglab compress-vs-data", runs, f"group {group}" if group else ""))
+
+
+def _transfer(files: pd.DataFrame, section: Section) -> None:
+    """Readings for users' own files: coding text from elsewhere is the direct test of structure."""
+    numbers = {}
+    for name, rows in files.groupby("split"):
+        for n, part in rows.drop_duplicates(["run_id", "step"], keep="last").sort_values("d").groupby("n"):
+            first, last = part.iloc[0], part.iloc[-1]
+            overlap = first.get("train_overlap")
+            seen = (f"; {overlap:.0%} of its 64-byte windows are in the training split, so it is not unseen text"
+                    if overlap is not None and overlap == overlap and overlap > 0.05 else "")
+            section.readings.append(
+                f"On {name[5:]} ({int(first['bytes']):,} bytes from outside the corpus), {size_label(n)} needs "
+                f"{num(first['ideal_bpb'])} bits/byte after D = {num(first['d'])} and {num(last['ideal_bpb'])} after "
+                f"D = {num(last['d'])} (gzip -9: {num(first['gzip-9_bpb'])}, xz -9: {num(first['xz-9_bpb'])}){seen}.")
+            numbers[f"{name}/N{int(n)}"] = {"bpb_first": float(first["ideal_bpb"]), "bpb_last": float(last["ideal_bpb"]),
+                                             "D_first": float(first["d"]), "D_last": float(last["d"])}
+    if numbers:
+        section.numbers["transfer"] = numbers
 
 
 def _prequential(store: Store, section: Section) -> None:
