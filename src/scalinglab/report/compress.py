@@ -18,10 +18,11 @@ def plot_prequential(result: PrequentialResult, path: str | Path) -> Path:
     return save(prequential_figure(result), path)
 
 
-def compression_vs_data_figure(frame):
-    """Test-split bits/byte against training tokens D, a line per N, gzip -9 and xz -9 for scale."""
+def compression_vs_data_figure(frame, sizes=None):
+    """Test-split bits/byte against training tokens D, a line per N, gzip -9 and xz -9 for scale.
+    `sizes`: every N of the study, so that each N keeps its colour from the study's figures."""
     plt = pyplot()
-    colour = size_colour(frame["n"])
+    colour = size_colour(list(sizes or []) + list(frame["n"]))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     # rows stored before trunks could be measured carry no "cooled" column: they are branches
     cooled = frame["cooled"].fillna(True).astype(bool) if "cooled" in frame else True

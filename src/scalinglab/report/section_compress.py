@@ -44,8 +44,9 @@ def _vs_data(store: Store, study_id: str | None, section: Section) -> None:
     # one split (the test split when measured), and the newest measurement of each model
     chosen = "test" if (splits["split"] == "test").any() else splits["split"].iloc[-1]
     frame = splits[splits["split"] == chosen].drop_duplicates(["run_id", "step"], keep="last")
+    sizes = {r["n_nonembedding"] for r in store.runs(group=group, kind="branch") if r.get("n_nonembedding")} if group else set()
     section.figures.append(svg_figure(
-        compression_vs_data_figure(frame), "compression_vs_data",
+        compression_vs_data_figure(frame, sizes), "compression_vs_data",
         f"Bits per byte of the {frame['split'].iloc[0]} split ({int(frame['bytes'].iloc[0]):,} bytes, never trained on) "
         "under each model, its ideal code length −log2 p; grey lines: gzip -9 and xz -9 of the same bytes."))
     cooled = frame[frame["cooled"].fillna(True).astype(bool)] if "cooled" in frame else frame
