@@ -20,11 +20,12 @@ def fit(
     group: Optional[str] = typer.Option(None, help="Store input: only the runs of this study/group."),
     kind: list[str] = typer.Option([], "--kind", help="Store input: runs of this kind (repeatable; fnmatch patterns such as 'probe:*'). Default: train, branch, cosine, wsd."),
     all_points: bool = typer.Option(False, "--all-points", help="Store input: every evaluation point of those runs, not only each run's final one."),
-    form: str = typer.Option("chinchilla", help="chinchilla | data (L(D), fixed N) | params (L(N)) | kaplan | data-constrained."),
+    form: str = typer.Option("chinchilla", help="chinchilla | overtrain (Gadre et al. 2024: α = β) | data (L(D), fixed N) | params (L(N)) | kaplan | data-constrained | auto (the form whose held-out error is smallest, see --holdout)."),
     n_col: str = typer.Option("N", help="Column with the parameter count N."),
     d_col: str = typer.Option("D", help="Column with the training tokens D."),
     loss_col: str = typer.Option("loss", help="Column with the loss (nats/token)."),
     flops_col: Optional[str] = typer.Option(None, help="Column with training FLOPs C; D is derived as C/(6N)."),
+    m_col: Optional[str] = typer.Option(None, help="Column with tokens per parameter M = D/N; with --flops-col, N and D are derived from C and M."),
     unique_col: Optional[str] = typer.Option(None, help="Column with unique tokens U (data-constrained form)."),
     group_col: Optional[str] = typer.Option(None, help="Column naming each point's run, to bootstrap over runs."),
     param_convention: str = typer.Option("nonembedding", help="Store input: which count is N (nonembedding or total)."),
@@ -35,9 +36,11 @@ def fit(
     by: str = typer.Option("auto", help="Resample points, runs, or auto (runs when each point's run is known and there are at least 10 runs)."),
     seed: int = typer.Option(0, help="Seed for the multistart check and the bootstrap."),
     fix: list[str] = typer.Option([], "--fix", help="Hold a parameter at a value, e.g. --fix alpha=0.34 (repeatable)."),
+    tie: list[str] = typer.Option([], "--tie", help="Set one parameter equal to another, e.g. --tie alpha=beta (repeatable)."),
+    holdout: Optional[str] = typer.Option(None, "--holdout", help="largest-n[:K] or largest-c[:K]: fit without the K largest model sizes (compute budgets), predict them and compare."),
     multistart: Optional[int] = typer.Option(None, help="Random L-BFGS starts (default 8 as a check; 64 for forms without variable projection)."),
     at_flops: list[str] = typer.Option([], "--at-flops", help="Also report N_opt, D_opt, tokens/param at this compute (repeatable)."),
-    predict: list[str] = typer.Option([], "--predict", help="Also predict the loss at N,D (e.g. 7e10,1.4e12; repeatable)."),
+    predict: list[str] = typer.Option([], "--predict", help="Also predict the loss at N,D (e.g. 7e10,1.4e12) or C=..,M=.. (compute, tokens/param); repeatable."),
     compare: bool = typer.Option(False, "--compare", help="Also run Approaches 1 and 2 (envelope, isoFLOP parabolas)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     save: Optional[Path] = typer.Option(None, "--save", help="Write the fit with its bootstrap draws as JSON (for plan --law)."),
@@ -48,11 +51,17 @@ def fit(
     from scalinglab.laws.approaches import compare_approaches
     from scalinglab.laws.forms import get_form
     from scalinglab.laws.result import COMPUTE_CONVENTION, compute_note
+    from scalinglab.laws.validation import HELD_OUT_RESAMPLES, Holdout
 
-    law_form = get_form(form)
+    auto = form == "auto"
+    if auto and (fix or tie):
+        raise UserError("--form auto compares forms with different parameters; --fix and --tie need a named form (e.g. --form chinchilla)")
+    law_form = get_form("chinchilla" if auto else form)  # auto: read N and D (and U), as every candidate needs
     flops = [parse_number(c, "--at-flops") for c in at_flops]
     fixed = dict(_parse_fix(f) for f in fix)
-    free = len(law_form.params) - len(fixed)
+    ties = dict(_parse_tie(t) for t in tie)
+    split = Holdout.parse(holdout) if holdout else (Holdout() if auto else None)
+    free = len(law_form.params) - len(fixed) - len(ties)
     selection = laws.Selection(kinds=tuple(kind) or laws.DEFAULT_KINDS, all_points=all_points)
     if source is None:
         frame = laws.store_frame(db, group=group, convention=param_convention, selection=selection)
@@ -62,20 +71,37 @@ def fit(
         if kind or all_points:
             raise UserError("--kind and --all-points choose points from the results store; a table is used as it is (filter it first)")
         data = laws.prepare(laws.read_table(source), law_form, n_col=n_col, d_col=d_col, loss_col=loss_col, flops_col=flops_col,
-                            unique_col=unique_col, group_col=group_col, drop_top_loss=drop_top_loss, free_params=free,
+                            m_col=m_col, unique_col=unique_col, group_col=group_col, drop_top_loss=drop_top_loss, free_params=free,
                             source=source.name)
     points = [_parse_point(p, law_form.variables) for p in predict]
+    options = dict(delta=delta, asymmetry=asymmetry, multistart=multistart, seed=seed, bootstrap_by=by)
+    if split is not None:
+        split.mask(data)  # a bad K is refused before any fitting
 
+    choice = held = None
     with _progress() as report:
-        result = laws.fit(data, law_form, delta=delta, asymmetry=asymmetry, fixed=fixed, multistart=multistart, seed=seed,
-                          bootstrap=bootstrap, bootstrap_by=by, progress=report)
+        if auto:
+            choice = laws.select_form(data, split, bootstrap=bootstrap, held_out_bootstrap=min(bootstrap, HELD_OUT_RESAMPLES),
+                                      progress=report, **options)
+            result, held = choice.result, choice.held_out
+        else:
+            if split is not None:
+                held = laws.validate(data, law_form, split, bootstrap=min(bootstrap, HELD_OUT_RESAMPLES), fixed=fixed, ties=ties, **options)
+            result = laws.fit(data, law_form, fixed=fixed, ties=ties, bootstrap=bootstrap, progress=report, **options)
     derived = result.derived(flops=flops, at=points)
+    beyond = laws.beyond_range(result, points, flops)
     approaches = compare_approaches(result) if compare else {}
     mentions_c = len(derived) and derived["quantity"].str.contains("C").any()  # the allocation exponents and budgets
     compute = compute_note(frame if source is None else None, flops_col) if mentions_c or compare or flops_col else None
 
     out = result.to_dict(derived=derived)
     out["compute_convention"] = COMPUTE_CONVENTION
+    if held is not None:
+        out["holdout"] = held.to_dict()
+    if choice is not None:
+        out["form_selection"] = choice.to_dict()
+    if beyond:
+        out["extrapolation"] = beyond
     if approaches:
         out["approaches"] = approaches
     if save is not None:
@@ -91,7 +117,11 @@ def fit(
     if json_out:
         print(json.dumps(out, indent=2, default=float))
         return
-    _print_fit(result, derived, approaches, compute)
+    if choice is not None:
+        _print_choice(choice)
+    if held is not None:
+        _print_held_out(held)
+    _print_fit(result, derived, approaches, compute, beyond)
     if save is not None:
         console.print(f"saved the fit with its bootstrap draws to {save}; plan with: scalinglab plan --law {save}")
     if stored:
@@ -151,7 +181,41 @@ def plan(
 # -- printing --------------------------------------------------------------------------------
 
 
-def _print_fit(result, derived, approaches: dict, compute: str | None = None) -> None:
+def _print_choice(choice) -> None:
+    from rich.table import Table
+
+    console.print(f"form auto: each candidate fitted without {choice.holdout.describe()}, judged by how well it predicts the held-out points",
+                  highlight=False)
+    table = Table("form", "held-out mean |error|", "max |error|")
+    for name, c in choice.candidates.items():
+        if isinstance(c, str):
+            table.add_row(name, "not applicable", c)
+        else:
+            mark = " (chosen)" if name == choice.chosen else ""
+            table.add_row(name + mark, f"{c.error:.2%}", f"{c.table['error'].abs().max():.2%}")
+    console.print(table)
+    console.print(f"chose {choice.chosen}; refitted on all {choice.result.n_points} points", highlight=False)
+
+
+def _print_held_out(held) -> None:
+    from rich.table import Table
+
+    fit, rows = held.fit, held.table
+    boot = fit.bootstrap
+    console.print(f"held out {held.holdout.describe()} ({len(rows)} points); {fit.form.name} fitted on the other {fit.n_points}"
+                  + (f", prediction intervals from {len(boot)} bootstrap resamples and the residual scatter" if boot else ""),
+                  highlight=False)
+    table = Table("N", "D", "loss", "predicted", "error", "95% prediction interval", "covered")
+    for r in rows.itertuples():
+        covered = "-" if not math.isfinite(r.covered) else ("yes" if r.covered else "NO")
+        table.add_row(f"{r.N:.3g}", f"{r.D:.3g}", f"{r.loss:.4f}", f"{r.predicted:.4f}", f"{r.error:+.2%}",
+                      _interval(r.lo, r.hi, lambda x: f"{x:.4f}"), covered)
+    console.print(table)
+    inside = "" if not math.isfinite(held.coverage) else f"; {int(rows['covered'].sum())}/{len(rows)} inside their 95% prediction interval"
+    console.print(f"held-out mean |error| {held.error:.2%}{inside}", highlight=False)
+
+
+def _print_fit(result, derived, approaches: dict, compute: str | None = None, beyond: list[str] = ()) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -168,7 +232,7 @@ def _print_fit(result, derived, approaches: dict, compute: str | None = None) ->
         console.print(compute, style="dim")
     if not result.converged:
         console.print(Text.assemble(("warning: ", "bold red"), f"the fit {result.message}"))
-    for text in result.warnings:
+    for text in [*result.warnings, *beyond]:
         console.print(Text.assemble(("warning: ", "yellow"), text))
     head = "95% interval" + (f" ({len(boot)} bootstrap resamples over {boot.by})" if boot else " (no bootstrap)")
     table = Table("parameter", "estimate", head)
@@ -261,9 +325,34 @@ def _interval(lo: float, hi: float, fmt) -> str:
 
 def _parse_point(text: str, variables: tuple[str, ...]) -> tuple[float, ...]:
     parts = [p for p in text.replace(";", ",").split(",") if p.strip()]
+    if "=" in text:
+        return _parse_named_point(text, parts, variables)
     if len(parts) != len(variables):
         raise UserError(f"--predict {text!r}: give {len(variables)} comma-separated values ({', '.join(variables)})")
     return tuple(parse_number(p, "--predict") for p in parts)
+
+
+def _parse_named_point(text: str, parts: list[str], variables: tuple[str, ...]) -> tuple[float, ...]:
+    """N=..,D=.. or C=..,M=.. (compute and tokens per parameter: N = sqrt(C/(6M)), D = M·N)."""
+    named = {}
+    for part in parts:
+        name, _, value = part.partition("=")
+        named[name.strip()] = parse_number(value, f"--predict {name.strip()}")
+    if set(named) == {"C", "M"} and variables == ("N", "D"):
+        n = math.sqrt(named["C"] / (6 * named["M"]))
+        return (n, named["M"] * n)
+    if set(named) == set(variables):
+        return tuple(named[v] for v in variables)
+    also = " or C=..,M=.." if variables == ("N", "D") else ""
+    raise UserError(f"--predict {text!r}: name {', '.join(v + '=..' for v in variables)}{also}, e.g. --predict C=1e21,M=640")
+
+
+def _parse_tie(text: str) -> tuple[str, str]:
+    """--tie alpha=beta: beta follows alpha (returned as follower, leader)."""
+    leader, sep, follower = text.partition("=")
+    if not sep or not leader.strip() or not follower.strip():
+        raise UserError(f"--tie {text!r}: write it as NAME=NAME, e.g. --tie alpha=beta")
+    return follower.strip(), leader.strip()
 
 
 def _parse_fix(text: str) -> tuple[str, float]:

@@ -9,7 +9,7 @@ file or column, non-positive values, too few points, one model size in a two-var
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
@@ -51,6 +51,12 @@ class FitData:
     @property
     def n_groups(self) -> int:
         return len(self) if self.groups is None else int(np.unique(self.groups).size)
+
+    def subset(self, keep: Array) -> "FitData":
+        """The points where `keep` (bool, one per point) is true; run ids renumbered."""
+        pick = lambda a: None if a is None else a[keep]  # noqa: E731
+        groups = None if self.groups is None else np.unique(self.groups[keep], return_inverse=True)[1]
+        return replace(self, loss=self.loss[keep], N=pick(self.N), D=pick(self.D), U=pick(self.U), groups=groups)
 
     def frame(self) -> "pd.DataFrame":
         import pandas as pd
@@ -183,6 +189,27 @@ def points_to_frame(points: "pd.DataFrame", convention: str = "nonembedding", so
 
 
 # -- checking --------------------------------------------------------------------------------
+def with_n_from_multiplier(table: "pd.DataFrame", flops_col: str | None, m_col: str, n_col: str, where: str) -> "pd.DataFrame":
+    """The table with column `n_col` = sqrt(C / (6M)), so that D = C / (6N) = M·N follows."""
+    import pandas as pd
+
+    if not flops_col:
+        raise UserError(f"--m-col {m_col} gives tokens per parameter M = D/N; name the compute column too with --flops-col")
+    missing = [c for c in (flops_col, m_col) if c not in table.columns]
+    if missing:
+        shown = ", ".join(map(str, list(table.columns)[:12]))
+        raise UserError(f"column {missing[0]!r} not found{where} (columns: {shown}); name it with "
+                        f"{'--flops-col' if missing[0] == flops_col else '--m-col'}")
+    C = pd.to_numeric(table[flops_col], errors="coerce").to_numpy(dtype=float)
+    M = pd.to_numeric(table[m_col], errors="coerce").to_numpy(dtype=float)
+    with np.errstate(all="ignore"):
+        N = np.sqrt(C / (FLOPS_PER_PARAM_TOKEN * M))
+    out = table.copy()
+    out[n_col] = N  # non-positive C or M give NaN here, which the column checks below name
+    out.attrs.update(table.attrs)
+    return out
+
+
 def prepare(
     table: "pd.DataFrame",
     form: Form,
@@ -191,6 +218,7 @@ def prepare(
     d_col: str | None = "D",
     loss_col: str = "loss",
     flops_col: str | None = None,
+    m_col: str | None = None,
     unique_col: str | None = None,
     group_col: str | None = None,
     drop_top_loss: int = 0,
@@ -199,11 +227,15 @@ def prepare(
 ) -> FitData:
     """Check a table and turn it into FitData for `form`.
 
-    D comes from `d_col`, or from `flops_col` as D = C / (6 N). `drop_top_loss` drops the K
-    highest-loss points first (Epoch dropped 5 of Hoffmann's 245).
+    D comes from `d_col`, or from `flops_col` as D = C / (6 N). With `m_col` (the token multiplier
+    M = D/N, as Gadre et al. 2024 tabulate their runs) N and D both come from C and M:
+    N = sqrt(C / (6M)), D = M·N. `drop_top_loss` drops the K highest-loss points first (Epoch
+    dropped 5 of Hoffmann's 245).
     """
     where = f" in {source}" if source else ""
     columns = list(table.columns)
+    if m_col is not None:
+        table = with_n_from_multiplier(table, flops_col, m_col, n_col, where)
 
     def column(name: str, flag: str) -> Array:
         if name not in table.columns:
@@ -242,6 +274,8 @@ def prepare(
     names = {"loss": loss_col}
     if "N" in needs or flops_col:
         arrays["N"], names["N"] = column(n_col, "--n-col"), n_col
+        if m_col is not None:
+            names["N"] = f"sqrt({flops_col} / (6 {m_col}))"
     if "D" in needs:
         if flops_col:
             arrays["D"] = column(flops_col, "--flops-col") / (FLOPS_PER_PARAM_TOKEN * arrays["N"])

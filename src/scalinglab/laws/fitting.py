@@ -24,7 +24,7 @@ from threadpoolctl import threadpool_limits
 from scalinglab.errors import UserError
 from scalinglab.laws import varpro
 from scalinglab.laws.data import FitData, as_fit_data
-from scalinglab.laws.forms import EXPONENT_BOUNDS, LOG_COEF_BOUNDS, Form, PowerLawSum, get_form
+from scalinglab.laws.forms import EXPONENT_BOUNDS, LOG_COEF_BOUNDS, Form, PowerLawSum, get_form, tie
 from scalinglab.laws.objective import Objective, Polished, RobustLoss, polish
 from scalinglab.laws.result import FitResult
 
@@ -38,6 +38,7 @@ def fit(
     delta: float = 1e-3,
     asymmetry: float = 1.0,
     fixed: Mapping[str, float] | None = None,
+    ties: Mapping[str, str] | None = None,
     multistart: int | None = None,
     seed: int = 0,
     bootstrap: int = 0,
@@ -49,6 +50,7 @@ def fit(
     delta: Huber threshold on log-loss residuals (Hoffmann/Epoch: 1e-3).
     asymmetry: weight on over-predictions; > 1 gives a lower-envelope fit.
     fixed: parameters held at given values (e.g. the Chinchilla part of a data-constrained law).
+    ties: parameters set equal to others, follower -> leader ({"beta": "alpha"}: β = α).
     multistart: random starts; by default 8 as a check of variable projection, 64 where the form
         has no variable-projection structure or parameters are fixed.
     bootstrap: resamples for percentile intervals (0: none); bootstrap_by "points", "runs" or
@@ -59,6 +61,7 @@ def fit(
     unknown = set(fixed) - set(form.params)
     if unknown:
         raise UserError(f"cannot fix {sorted(unknown)}: the {form.name} form's parameters are {list(form.params)}")
+    form = tie(form, dict(ties or {}), fixed)
     if delta <= 0 or not np.isfinite(delta):
         raise UserError(f"--delta must be a positive number, got {delta}")
     if asymmetry < 1 or not np.isfinite(asymmetry):

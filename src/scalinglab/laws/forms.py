@@ -13,12 +13,15 @@ as (reweighted) linear least squares.
 
 Forms
 - `chinchilla`:  L(N, D) = E + A/N^α + B/D^β                     (Hoffmann et al. 2022)
+- `overtrain`:   L(C, M) = E + (a·M^η + b·M^-η)·C^-η, C = 6ND, M = D/N  (Gadre et al. 2024): the
+                 Chinchilla form with α = β, for predicting over-trained and larger models
 - `data`:        L(D) = E + B/D^β at fixed N
 - `params`:      L(N) = E + A/N^α with data not the bottleneck
 - `kaplan`:      L(N, D) = [(N_c/N)^(α_N/α_D) + D_c/D]^α_D       (Kaplan et al. 2020, eq. 1.5)
 - `data-constrained`: Chinchilla with repeated data and excess parameters decayed
                  (Muennighoff et al. 2023); needs U, the unique tokens
 - `CustomForm(fn)`: any vectorised function of the variables and named parameters.
+- `tie(form, {"beta": "alpha"})`: any form with parameters set equal (--tie alpha=beta).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class Form:
     variables: tuple[str, ...] = ("N", "D")
     positive: frozenset[str] = frozenset()  # fitted as logarithms
     varpro: VarPro | None = None
+    ties: Mapping[str, str] = {}  # follower -> leader: parameters set equal to others (see `tie`)
 
     # -- prediction ------------------------------------------------------------------------
     def predict(self, p: Mapping[str, float | Array], **X: float | Array) -> Array:
@@ -126,51 +130,69 @@ class Form:
 
 # -- the Chinchilla family ---------------------------------------------------------------------
 class PowerLawSum(Form):
-    """L = E + Σ_j C_j · X_j^(-e_j): an irreducible loss plus one power law per variable.
+    """L = E + Σ_j C_j · (s_j X_j)^(-k_j e_j): an irreducible loss plus one power law per variable.
+
+    Usually s_j = k_j = 1 (Chinchilla: E + A/N^α + B/D^β). Terms may share an exponent (the
+    Chinchilla form with α = β, and the over-training form, whose C^-η M^±η terms are
+    (√6·N)^(-2η) and (√6·D)^(-2η)): the shared exponent is one parameter, searched once.
 
     Internal coordinates measure each variable from a reference scale X0_j (the geometric mean of
-    the data, see `centred`): the coordinate of C_j is log C_j - e_j log X0_j, the log of the term at
-    X0_j. That removes most of the correlation between a coefficient and its exponent, which
+    the data, see `centred`): the coordinate of C_j is log C_j - k_j e_j log(s_j X0_j), the log of the
+    term at X0_j. That removes most of the correlation between a coefficient and its exponent, which
     otherwise form a long narrow valley (A and α trade off over the few decades of N a study spans).
     """
 
-    def __init__(self, name: str, terms: list[tuple[str, str, str]], formula: str, ref: Mapping[str, float] | None = None):
+    def __init__(self, name: str, terms: list[tuple[str, str, str]], formula: str, ref: Mapping[str, float] | None = None,
+                 shapes: list[tuple[float, float]] | None = None, implied: Callable[[Mapping], dict] | None = None):
         self.name, self.formula = name, formula
         self.terms = terms  # (coefficient, exponent, variable)
-        self.params = ("E", *[q for coef, exp, _ in terms for q in (coef, exp)])
+        self.shapes = shapes or [(1.0, 1.0)] * len(terms)  # (k_j, s_j) per term
+        exponents = tuple(dict.fromkeys(exp for _, exp, _ in terms))  # each shared exponent once
+        seen: set[str] = set()
+        self.params = ("E", *[q for coef, exp, _ in terms for q in (coef, exp) if not (q in seen or seen.add(q))])
         self.variables = tuple(var for _, _, var in terms)
         self.positive = frozenset(["E", *[coef for coef, _, _ in terms]])
-        self.ref = {var: float((ref or {}).get(var, 0.0)) for var in self.variables}  # log X0 per variable
-        self.varpro = VarPro(
-            nonlinear=tuple(exp for _, exp, _ in terms),
-            basis=self._basis,
-            assemble=self._assemble,
-        )
+        self.ref = {var: float((ref or {}).get(var, 0.0)) for var in self.variables}  # log(s X0) per variable
+        self.implied = implied  # parameters of the equivalent Chinchilla law, when there is one
+        self.ties: dict[str, str] = {}  # follower -> leader, set by `tie`
+        self.varpro = VarPro(nonlinear=exponents, basis=self._basis, assemble=self._assemble)
 
     def distinct_needed(self, fixed=None):
         return power_terms_need(self.terms, fixed)
 
+    def _log_scaled(self, X: Mapping[str, Array], j: int) -> Array:
+        """log(s_j X_j) - log(s_j X0_j) for term j."""
+        var, (_, s) = self.terms[j][2], self.shapes[j]
+        return np.log(X[var]) + np.log(s) - self.ref[var]
+
     def centred(self, X: Mapping[str, Array]) -> "PowerLawSum":
         """The same form with internal coordinates centred on the data's geometric means."""
-        return PowerLawSum(self.name, self.terms, self.formula, {v: float(np.mean(np.log(X[v]))) for v in self.variables})
+        ref = {var: float(np.mean(np.log(X[var]) + np.log(s))) for (_, _, var), (_, s) in zip(self.terms, self.shapes)}
+        out = PowerLawSum(self.name, self.terms, self.formula, ref, self.shapes, self.implied)
+        out.ties = self.ties
+        return out
+
+    def to_chinchilla(self, p: Mapping) -> dict | None:
+        """E, A, α, B, β of the same law (arrays broadcast), or None when this is no Chinchilla variant."""
+        return None if self.implied is None else self.implied(p)
 
     def predict(self, p, **X):
         out = p["E"] + 0.0 * np.asarray(X[self.variables[0]], dtype=float)
-        for coef, exp, var in self.terms:
-            out = out + p[coef] * np.asarray(X[var], dtype=float) ** (-np.asarray(p[exp]))
+        for (coef, exp, var), (k, s) in zip(self.terms, self.shapes):
+            out = out + p[coef] * (s * np.asarray(X[var], dtype=float)) ** (-k * np.asarray(p[exp]))
         return out
 
     def internal(self, p):
         z = super().internal(p)
-        for coef, exp, var in self.terms:
-            z[self.params.index(coef)] -= float(p[exp]) * self.ref[var]
+        for (coef, exp, var), (k, _) in zip(self.terms, self.shapes):
+            z[self.params.index(coef)] -= k * float(p[exp]) * self.ref[var]
         return z
 
     def natural(self, z):
         z = np.asarray(z, dtype=float)
         out = super().natural(z)
-        for coef, exp, var in self.terms:
-            out[coef] = np.exp(z[..., self.params.index(coef)] + z[..., self.params.index(exp)] * self.ref[var])
+        for (coef, exp, var), (k, _) in zip(self.terms, self.shapes):
+            out[coef] = np.exp(z[..., self.params.index(coef)] + k * z[..., self.params.index(exp)] * self.ref[var])
         return out
 
     def log_predict_jac(self, z, X):
@@ -179,19 +201,19 @@ class PowerLawSum(Form):
 
     def log_predict_jac_batch(self, Z, X):
         ix = {k: i for i, k in enumerate(self.params)}
-        centred = [np.log(X[var]) - self.ref[var] for _, _, var in self.terms]  # (n,) each
-        # each term's log, (1 + terms, B, n): log E, then log C_j - e_j (log X_j - log X0_j)
+        centred = [k * self._log_scaled(X, j) for j, (k, _) in enumerate(self.shapes)]  # (n,) each
+        # each term's log, (1 + terms, B, n): log E, then log C_j - k_j e_j (log s_j X_j - log s_j X0_j)
         t = np.stack([np.broadcast_to(Z[:, ix["E"], None], (Z.shape[0], centred[0].size))]
                      + [Z[:, ix[c], None] - Z[:, ix[e], None] * lx for (c, e, _), lx in zip(self.terms, centred)])
         top = t.max(axis=0)
         w = np.exp(t - top)
         total = w.sum(axis=0)
         share = w / total  # each term's share of L_pred
-        jac = np.empty((*Z.shape[:1], centred[0].size, Z.shape[1]))
+        jac = np.zeros((*Z.shape[:1], centred[0].size, Z.shape[1]))
         jac[..., ix["E"]] = share[0]
         for j, ((coef, exp, _), lx) in enumerate(zip(self.terms, centred), start=1):
             jac[..., ix[coef]] = share[j]
-            jac[..., ix[exp]] = -share[j] * lx
+            jac[..., ix[exp]] -= share[j] * lx  # a shared exponent collects every term it shapes
         return top + np.log(total), jac
 
     def log_predict(self, z, X):
@@ -200,24 +222,26 @@ class PowerLawSum(Form):
     def _basis(self, theta, X):
         n = np.asarray(X[self.variables[0]]).size
         cols = [np.ones((theta.shape[0], n))]
-        for j, (_, _, var) in enumerate(self.terms):
-            cols.append(np.exp(-theta[:, j, None] * (np.log(X[var]) - self.ref[var])[None, :]))
+        for j, ((_, exp, _), (k, _)) in enumerate(zip(self.terms, self.shapes)):
+            e = theta[:, self.varpro.nonlinear.index(exp), None]
+            cols.append(np.exp(-k * e * self._log_scaled(X, j)[None, :]))
         return np.stack(cols, axis=-1)  # (G, n, 1 + terms)
 
     def _assemble(self, theta, c):
         z = np.empty((theta.shape[0], len(self.params)))
         z[:, 0] = np.log(c[:, 0])
-        for j in range(len(self.terms)):
-            z[:, 1 + 2 * j] = np.log(c[:, 1 + j])
-            z[:, 2 + 2 * j] = theta[:, j]
+        for j, (coef, _, _) in enumerate(self.terms):
+            z[:, self.params.index(coef)] = np.log(c[:, 1 + j])
+        for i, exp in enumerate(self.varpro.nonlinear):
+            z[:, self.params.index(exp)] = theta[:, i]
         return z
 
     def default_start(self, X, loss):
         start = {"E": float(np.min(loss)) / 2}
-        for coef, exp, var in self.terms:
-            start[exp] = 0.3
+        for (coef, exp, var), (k, s) in zip(self.terms, self.shapes):
+            start[exp] = 0.3 / k
             # the term carries about half the reducible loss at the median of its variable
-            start[coef] = float(np.min(loss)) / 2 * float(np.median(X[var])) ** 0.3
+            start[coef] = float(np.min(loss)) / 2 * float(s * np.median(X[var])) ** 0.3
         return start
 
 
@@ -225,7 +249,8 @@ def power_terms_need(terms, fixed: Mapping[str, float] | None = None) -> dict[st
     """Distinct values each variable needs for E + Σ C_j·X_j^(-e_j). While E is free, a term is
     seen only through the differences between distinct values of its variable (E absorbs the
     level), so it needs one value more than its free parameters: 3 with C_j and e_j free. With E
-    fixed, as many values as free parameters; at least 1."""
+    fixed, as many values as free parameters; at least 1. A shared exponent is counted in every
+    term it shapes (a rule on the safe side)."""
     fixed = fixed or {}
     need: dict[str, int] = {}
     for coef, exp, var in terms:
@@ -236,6 +261,21 @@ def power_terms_need(terms, fixed: Mapping[str, float] | None = None) -> dict[st
 
 def chinchilla() -> PowerLawSum:
     return PowerLawSum("chinchilla", [("A", "alpha", "N"), ("B", "beta", "D")], "L(N, D) = E + A/N^α + B/D^β")
+
+
+def overtrain() -> PowerLawSum:
+    """Gadre et al. 2024 (arXiv:2403.08540), eq. 4: L(C, M) = E + (a·M^η + b·M^-η)·C^-η with C = 6ND
+    and M = D/N. Since M^η C^-η = 6^-η N^-2η and M^-η C^-η = 6^-η D^-2η, it is the Chinchilla law
+    with α = β = 2η, A = a·6^-η, B = b·6^-η."""
+    root6 = float(np.sqrt(6.0))
+
+    def implied(p):
+        scale = 6.0 ** (-np.asarray(p["eta"]))
+        return {"E": p["E"], "A": p["a"] * scale, "alpha": 2 * np.asarray(p["eta"]), "B": p["b"] * scale, "beta": 2 * np.asarray(p["eta"])}
+
+    return PowerLawSum("overtrain", [("a", "eta", "N"), ("b", "eta", "D")],
+                       "L(C, M) = E + (a·M^η + b·M^-η)·C^-η,  C = 6ND, M = D/N  (Gadre et al. 2024)",
+                       shapes=[(2.0, root6), (2.0, root6)], implied=implied)
 
 
 def data_scaling() -> PowerLawSum:
@@ -398,8 +438,78 @@ class CustomForm(Form):
         return base
 
 
+# -- ties: one parameter set equal to another ------------------------------------------------
+def tie(form: Form, ties: Mapping[str, str], fixed: Mapping[str, float] | None = None) -> Form:
+    """`form` with each parameter in `ties` (follower -> leader) set equal to its leader.
+
+    Exponents of a sum of power laws (--tie alpha=beta on the Chinchilla form) stay a sum of power
+    laws with a shared exponent, so variable projection still fits it; any other tie wraps the form
+    (`Tied`) and is fitted by multistart."""
+    if not ties:
+        return form
+    check_ties(form, ties, fixed)
+    if isinstance(form, PowerLawSum) and all({follower, leader} <= exponents_of(form) for follower, leader in ties.items()):
+        terms = [(coef, ties.get(exp, exp), var) for coef, exp, var in form.terms]
+        shown = ", ".join(f"{follower} = {leader}" for follower, leader in ties.items())
+        implied = form.implied
+        if implied is None and form.params == ("E", "A", "alpha", "B", "beta"):
+            implied = lambda p, ties=dict(ties): {**p, **{follower: p[leader] for follower, leader in ties.items()}}  # noqa: E731
+        tied = PowerLawSum(form.name, terms, f"{form.formula}  with {shown}", None, form.shapes, implied)
+        tied.ties = dict(ties)
+        return tied
+    return Tied(form, ties)
+
+
+def exponents_of(form: PowerLawSum) -> set[str]:
+    return {exp for _, exp, _ in form.terms}
+
+
+def check_ties(form: Form, ties: Mapping[str, str], fixed: Mapping[str, float] | None = None) -> None:
+    for follower, leader in ties.items():
+        unknown = [k for k in (follower, leader) if k not in form.params]
+        if unknown:
+            raise UserError(f"cannot tie {unknown[0]!r}: the {form.name} form's parameters are {list(form.params)}; "
+                            f"write it as --tie NAME=NAME, e.g. --tie alpha=beta")
+        if follower == leader:
+            raise UserError(f"--tie {leader}={follower} ties a parameter to itself; name two different parameters")
+        if leader in ties:
+            raise UserError(f"--tie: {leader!r} is tied to {ties[leader]!r} and {follower!r} to {leader!r}; tie both to {ties[leader]!r}")
+        if fixed and (follower in fixed or leader in fixed):
+            held = follower if follower in fixed else leader
+            raise UserError(f"{held!r} is both fixed and tied; fix both parameters (--fix) or tie them, not both")
+
+
+class Tied(Form):
+    """Any form with some parameters set equal to others (fitted by multistart)."""
+
+    def __init__(self, base: Form, ties: Mapping[str, str]):
+        self.base, self.ties = base, dict(ties)
+        self.name = base.name
+        self.formula = f"{base.formula}  with " + ", ".join(f"{follower} = {leader}" for follower, leader in self.ties.items())
+        self.params = tuple(k for k in base.params if k not in self.ties)
+        self.variables = base.variables
+        self.positive = frozenset(k for k in base.positive if k in self.params)
+
+    def expand(self, p: Mapping) -> dict:
+        return {**p, **{follower: p[leader] for follower, leader in self.ties.items()}}
+
+    def predict(self, p, **X):
+        return self.base.predict(self.expand(p), **X)
+
+    def bounds(self):
+        return [b for b, k in zip(self.base.bounds(), self.base.params) if k not in self.ties]
+
+    def distinct_needed(self, fixed=None):
+        return self.base.distinct_needed(fixed)
+
+    def default_start(self, X, loss):
+        start = self.base.default_start(X, loss)
+        return {k: start[k] for k in self.params}
+
+
 FORMS: dict[str, Callable[[], Form]] = {
     "chinchilla": chinchilla,
+    "overtrain": overtrain,
     "data": data_scaling,
     "params": param_scaling,
     "kaplan": Kaplan,

@@ -92,6 +92,25 @@ class Law:
     def param(self, name: str) -> Estimate:
         return self.estimate(lambda p: p[name])
 
+    def implied(self) -> "Law":
+        """The same law in the Chinchilla form's parameters (E, A, α, B, β) when its form is the
+        Chinchilla form with tied exponents (the over-training form, a fit with --tie alpha=beta),
+        draws included, so that planning's closed forms apply; otherwise the law itself."""
+        convert = getattr(self.form, "to_chinchilla", None)
+        if convert is None or convert(self.params) is None:
+            return self
+        import pandas as pd
+
+        from scalinglab.laws.forms import chinchilla
+
+        params = {k: float(v) for k, v in convert(dict(self.params)).items()}
+        samples = None
+        if self.samples is not None:
+            draws = convert({k: self.samples[k].to_numpy(dtype=float) for k in self.form.params})
+            samples = pd.DataFrame({k: np.broadcast_to(np.asarray(v, dtype=float), (len(self.samples),)) for k, v in draws.items()})
+        note = f"the {self.form.name} law {self.form.formula} in the Chinchilla form's parameters"
+        return replace(self, form=chinchilla(), params=params, samples=samples, notes="; ".join(filter(None, [self.notes, note])))
+
     def with_params(self, **changes: float) -> "Law":
         return replace(self, params={**self.params, **changes}, samples=None)
 
@@ -120,6 +139,12 @@ def law_from_dict(data: object, name: str | None = None, where: str = "this JSON
     if not isinstance(data["form"], str):
         raise UserError(f"{where}: 'form' must be a form name such as \"chinchilla\", not a JSON {_json_type(data['form'])}; {hint}")
     form = get_form(data["form"])
+    if data.get("ties"):
+        from scalinglab.laws.forms import tie
+
+        if not isinstance(data["ties"], Mapping):
+            raise UserError(f"{where}: 'ties' must be an object of follower -> leader names; {hint}")
+        form = tie(form, dict(data["ties"]))
     if not isinstance(data["params"], Mapping):
         raise UserError(f"{where}: 'params' must be an object of parameter values, not a JSON {_json_type(data['params'])}; {hint}")
     params = {}
@@ -149,7 +174,7 @@ def law_from_dict(data: object, name: str | None = None, where: str = "this JSON
         notes=str(data.get("notes", "")),
         samples=samples,
         level=float(level),
-    )
+    ).implied()
 
 
 def _json_type(value: object) -> str:

@@ -76,7 +76,7 @@ class Plan:
 # -- the physics: optimal splits for one parameter set -------------------------------------------
 def _closed_form(law: Law) -> bool:
     form = law.form
-    return isinstance(form, PowerLawSum) and form.variables == ("N", "D")
+    return isinstance(form, PowerLawSum) and form.variables == ("N", "D") and form.params == ("E", "A", "alpha", "B", "beta")
 
 
 def optimal_split(law: Law, p: Mapping, flops, unique=None):

@@ -63,7 +63,13 @@ class FitResult:
         return np.log(self.predict(**self.data.X(self.form))) - np.log(self.data.loss)
 
     def law(self, name: str | None = None) -> Law:
-        """This fit as a law for planning, carrying its bootstrap draws for intervals."""
+        """This fit as a law for planning, carrying its bootstrap draws for intervals. A Chinchilla
+        law with tied exponents (the over-training form, --tie alpha=beta) comes back in the
+        Chinchilla form's parameters, which planning's closed forms use."""
+        return self.own_law(name).implied()
+
+    def own_law(self, name: str | None = None) -> Law:
+        """This fit as a law in its own form's parameters."""
         return Law(
             name=name or f"fit ({self.form.name}, {self.n_points} points)",
             form=self.form,
@@ -71,6 +77,31 @@ class FitResult:
             source=f"scalinglab fit of {self.data.source or 'data'}",
             samples=None if self.bootstrap is None else self.bootstrap.params,
         )
+
+    def prediction_interval(self, level: float = 0.95, **X) -> tuple[np.ndarray, np.ndarray]:
+        """Where the loss of a new run at X (arrays of N, D, [U]) should fall, at `level`.
+
+        Two sources of error add up: the law's own uncertainty, each bootstrap draw's prediction
+        (it grows with the distance from the fitted points, the further the extrapolation the
+        more the draws' exponents fan out), and the scatter of a run about the law, the fitted
+        points' log residuals. The residuals are scaled by sqrt(n / (n - p)): a fit pulls its
+        own points towards itself, so their residuals understate a new run's. Every draw is paired
+        with every residual and the percentiles read off. NaN without a bootstrap."""
+        X = {k: np.atleast_1d(np.asarray(v, dtype=float)) for k, v in X.items()}
+        size = np.broadcast(*X.values()).size
+        if self.bootstrap is None:
+            return np.full(size, np.nan), np.full(size, np.nan)
+        draws = {k: self.bootstrap.params[k].to_numpy(dtype=float)[:, None] for k in self.form.params}
+        with np.errstate(all="ignore"):
+            log_pred = np.log(self.form.predict(draws, **{k: v.reshape(1, -1) for k, v in X.items()}))  # (B, m)
+        free = len(self.form.params) - len(self.fixed)
+        scatter = -self.residuals() * np.sqrt(self.n_points / max(self.n_points - free, 1))  # (n,) actual minus law
+        tail = 100 * (1 - level) / 2
+        lo, hi = np.empty(log_pred.shape[1]), np.empty(log_pred.shape[1])
+        for j in range(log_pred.shape[1]):
+            combined = log_pred[:, j][np.isfinite(log_pred[:, j])][:, None] + scatter[None, :]
+            lo[j], hi[j] = np.exp(np.percentile(combined, [tail, 100 - tail]))
+        return lo, hi
 
     def with_bootstrap(self, boot: "Bootstrap") -> "FitResult":
         return replace(self, bootstrap=boot, warnings=self.warnings + tuple(w for w in boot.warnings if w not in self.warnings))
@@ -80,7 +111,7 @@ class FitResult:
         """Each parameter's estimate and percentile interval (NaN without a bootstrap)."""
         import pandas as pd
 
-        law = replace(self.law(), level=level)
+        law = replace(self.own_law(), level=level)
         rows = []
         for k in self.form.params:
             est = law.param(k)
@@ -105,10 +136,17 @@ class FitResult:
             rows.append((f"N_opt at C={c:.3g}", plan["n_params"]))
             rows.append((f"D_opt at C={c:.3g}", plan["tokens"]))
             rows.append((f"tokens/param at C={c:.3g}", plan["tokens_per_param"]))
+        if law.form is not self.form:  # the over-training form and tied fits: the Chinchilla law they imply
+            rows += [(f"{k} (implied Chinchilla)", law.param(k)) for k in law.form.params]
         for point in at:
             X = dict(zip(self.form.variables, point))
             where = ", ".join(f"{k}={v:.3g}" for k, v in X.items())
-            rows.append((f"loss at {where}", law.estimate(lambda p, X=X: self.form.predict(p, **X))))
+            rows.append((f"loss at {where}", law.estimate(lambda p, X=X: law.form.predict(p, **X))))
+        for point in at:  # after the law's own values, so that their rows keep their places
+            X = dict(zip(self.form.variables, point))
+            where = ", ".join(f"{k}={v:.3g}" for k, v in X.items())
+            lo, hi = self.prediction_interval(level, **X)
+            rows.append((f"a run's loss at {where} (prediction)", Estimate(float(self.form.predict(self.params, **X)), float(lo[0]), float(hi[0]))))
         return pd.DataFrame([{"quantity": q, "estimate": e.value, "lo": e.lo, "hi": e.hi} for q, e in rows])
 
     # -- serialisation ---------------------------------------------------------------------
@@ -132,6 +170,7 @@ class FitResult:
             "objective": self.objective,
             "level": 0.95,
             "params": {r.param: _clean({"estimate": r.estimate, "lo": r.lo, "hi": r.hi, "fixed": bool(r.fixed)}) for r in table.itertuples()},
+            **({"ties": dict(self.form.ties)} if self.form.ties else {}),
             "warnings": list(self.warnings),
             "diagnostics": self.diagnostics,
         }
