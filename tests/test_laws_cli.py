@@ -128,15 +128,23 @@ def study_db(tmp_path):
     return db
 
 
+# the study's branches at and past 20 tokens/param (the study fits from there), and the train run
+PAST_20 = int(sum(d / n >= 20 * 0.98 for n in SIZES for d in TOKENS)) + 1
+
+
 def test_fit_from_the_store_uses_the_final_point_of_each_annealed_run(study_db):
-    frame = laws.store_frame(study_db, group="study")
+    every = laws.store_frame(study_db, group="study", selection=laws.Selection(min_tpp=0))
     # 25 branches and the train run, one point each: no trunk, mid-cooldown, intermediate or probe point
-    assert len(frame) == len(SIZES) * len(TOKENS) + 1
+    assert len(every) == len(SIZES) * len(TOKENS) + 1
+    frame = laws.store_frame(study_db, group="study")
+    # by default, as the study fits: its short branches (below 20 tokens/param) are left out
+    assert len(frame) == PAST_20 < len(every) and (frame["D"] / frame["N"] >= 19.6).all()
+    assert "study branch points below 20 tokens/param left out" in frame.attrs["selection"]
     ratio = frame["loss"] / laws.HOFFMANN_2022.predict(N=frame["N"], D=frame["D"])
     assert np.abs(np.log(ratio)).max() < 0.005
     assert sorted(frame["group"].unique()) == sorted([f"trunk{i}" for i in range(len(SIZES))] + ["solo"])
     assert "final point" in frame.attrs["selection"] and "trunk and probe runs left out" in frame.attrs["selection"]
-    wide = laws.store_frame(study_db, group="study", selection=laws.Selection(kinds=("trunk", "branch"), all_points=True))
+    wide = laws.store_frame(study_db, group="study", selection=laws.Selection(kinds=("trunk", "branch"), all_points=True, min_tpp=0))
     assert len(wide) == len(SIZES) * len(TOKENS) * 3  # every trunk and branch point
     probes = laws.store_frame(study_db, selection=laws.Selection(kinds=("probe*",)))
     assert sorted(probes["loss"]) == [0.01, 7.0]
@@ -145,23 +153,23 @@ def test_fit_from_the_store_uses_the_final_point_of_each_annealed_run(study_db):
 def test_fit_reads_the_store_and_says_which_points_and_how_it_resampled(run_cli, study_db):
     code, out, err = run_cli("fit", "--db", study_db, "--group", "study", "--bootstrap", "50")
     assert code == 0, err
-    assert f"{len(SIZES) * len(TOKENS) + 1} points from" in out
+    assert f"{PAST_20} points from" in out
     assert "points: the final point of each finished run of kind train, branch, cosine, wsd (trunk and probe runs left out" in out
     assert "resamples over points" in out and "only 6 runs" in out  # 5 trunks and a train run: too few to resample runs
     assert "C = 6·N·D" in out and "stored FLOPs are" in out
     saved = open_store(study_db).get_result("fit", "chinchilla:study:nonembedding")
-    assert saved["n_points"] == 26 and saved["bootstrap"]["by"] == "points" and len(saved["samples"]["E"]) == 50
+    assert saved["n_points"] == PAST_20 and saved["bootstrap"]["by"] == "points" and len(saved["samples"]["E"]) == 50
     assert "final point" in saved["data"]["selection"]
     code, out, err = run_cli("plan", "--db", study_db, "--law", "store:chinchilla:study:nonembedding", "--params", "1e9", "--tokens", "1e11")
     assert code == 0, err
     assert "multiple of the compute-optimal D" in out and "C = 6·N·D" in out
 
     code, out, err = run_cli("fit", "--db", study_db, "--group", "study", "--kind", "trunk", "--kind", "branch",
-                             "--all-points", "--bootstrap", "30", "--by", "runs", "--json")
+                             "--all-points", "--min-tpp", "0", "--bootstrap", "30", "--by", "runs", "--json")
     assert code == 0, err
     wide = json.loads(out)
     assert wide["n_points"] == 75 and wide["bootstrap"]["by"] == "runs" and "every point" in wide["data"]["selection"]
-    assert open_store(study_db).get_result("fit", "chinchilla:study:nonembedding:kinds=trunk+branch:all-points")
+    assert open_store(study_db).get_result("fit", "chinchilla:study:nonembedding:kinds=trunk+branch:all-points:min-tpp=0")
 
     code, out, err = run_cli("fit", "--db", study_db, "--kind", "cosine")
     one_line_error(code, err, "no finished points of kind cosine", "kinds present: branch, probe-grokking, probe:repetition, train, trunk", "--kind")
@@ -255,7 +263,7 @@ def test_a_fit_that_does_not_converge_is_flagged(run_cli, csv, monkeypatch):
         (["fit", "--db", "{tmp}/none.db"], ["no results store"]),
         (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--fix", "alpha"], ["NAME=VALUE"]),
         (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--fix", "gamma=1"], ["cannot fix ['gamma']"]),
-        (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--kind", "trunk"], ["--kind and --all-points choose points from the results store"]),
+        (["fit", "{csv}", "--n-col", "params", "--loss-col", "val", "--kind", "trunk"], ["--kind, --all-points, --min-tpp and --sizes choose points from the results store"]),
         (["plan"], ["nothing to plan"]),
         (["plan", "--law", "gopher", "--flops", "1e21"], ["unknown law"]),
         (["plan", "--flops", "lots"], ["cannot read 'lots'"]),
@@ -289,3 +297,39 @@ def test_a_fit_the_points_cannot_identify_is_refused_in_one_line(run_cli, tmp_pa
 def test_a_law_in_d_alone_refuses_points_of_several_model_sizes(run_cli, csv):
     code, _, err = run_cli("fit", csv, "--n-col", "params", "--loss-col", "val", "--form", "data", "--bootstrap", "0")
     one_line_error(code, err, "the data form fits one model size but these points hold 5", "--form chinchilla")
+
+
+def test_fit_from_the_store_takes_the_sizes_asked_for(run_cli, study_db):
+    code, out, err = run_cli("fit", "--db", study_db, "--group", "study", "--sizes", ",".join(f"{n:.3g}" for n in SIZES[:3]),
+                             "--min-tpp", "0", "--bootstrap", "0", "--json")
+    assert code == 0, err
+    fitted = json.loads(out)
+    assert fitted["n_points"] == 3 * len(TOKENS) and "with N in" in fitted["data"]["selection"]
+    one_line_error(*run_cli("fit", "--db", study_db, "--sizes", "5e12")[::2], "--sizes", "no runs of that size")
+
+
+def test_a_fit_with_its_floor_at_the_bound_prints_plain_numbers_and_says_so(run_cli, tmp_path):
+    # a pure power law in N and D: the points show no floor, so E ends at its bound
+    frame = grid_data(laws.Law("no-floor", laws.get_form("chinchilla"), {"E": 0.0, "A": 400.0, "alpha": 0.34, "B": 400.0,
+                                                                         "beta": 0.28}), SIZES, TOKENS)
+    frame.to_csv(tmp_path / "f.csv", index=False)
+    code, out, err = run_cli("fit", tmp_path / "f.csv", "--bootstrap", "20")
+    assert code == 0, err
+    assert "E sits at its bound 0" in out and "0 (bound)" in out
+    assert "e-1" not in out.split("parameter")[1].split("derived")[0]  # no 1e-12 in the parameter table
+
+
+def test_plan_refuses_a_saved_fit_its_points_could_not_identify(run_cli, csv, tmp_path):
+    saved = tmp_path / "fit.json"
+    code, _, err = run_cli("fit", csv, "--n-col", "params", "--loss-col", "val", "--bootstrap", "20", "--save", saved)
+    assert code == 0, err
+    record = json.loads(saved.read_text())
+    assert record["distinct"] == {"N": len(SIZES), "D": len(TOKENS)}
+    # as a fit of two model sizes was saved before fits checked them: refused now
+    (tmp_path / "two.json").write_text(json.dumps({**record, "distinct": {"N": 2, "D": len(TOKENS)}}))
+    one_line_error(*run_cli("plan", "--law", tmp_path / "two.json", "--flops", "1e21")[::2], "2 distinct N", "too few")
+    # a fit saved before the counts were kept plans, and says it could not be checked
+    (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in record.items() if k != "distinct"}))
+    code, out, err = run_cli("plan", "--law", tmp_path / "old.json", "--flops", "1e21")
+    assert code == 0, err
+    assert "saved by an older scalinglab" in out

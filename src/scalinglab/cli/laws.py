@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_number
+from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_number, parse_numbers
 from scalinglab.errors import UserError
 
 
@@ -20,6 +20,8 @@ def fit(
     group: Optional[str] = typer.Option(None, help="Store input: only the runs of this study/group."),
     kind: list[str] = typer.Option([], "--kind", help="Store input: runs of this kind (repeatable; fnmatch patterns such as 'probe:*'). Default: train, branch, cosine, wsd."),
     all_points: bool = typer.Option(False, "--all-points", help="Store input: every evaluation point of those runs, not only each run's final one."),
+    min_tpp: Optional[float] = typer.Option(None, "--min-tpp", help="Store input: only points at and past this many tokens/param (default 20, as the study fits, for the default kinds; 0 keeps all)."),
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="Store input: only these model sizes N (non-embedding, comma-separated, e.g. 1.2e4,2.8e4; the nearest stored size within 10%)."),
     form: str = typer.Option("chinchilla", help="chinchilla | overtrain (Gadre et al. 2024: α = β) | data (L(D), fixed N) | params (L(N)) | kaplan | data-constrained | auto (the form whose held-out error is smallest, see --holdout)."),
     n_col: str = typer.Option("N", help="Column with the parameter count N."),
     d_col: str = typer.Option("D", help="Column with the training tokens D."),
@@ -62,14 +64,18 @@ def fit(
     ties = dict(_parse_tie(t) for t in tie)
     split = Holdout.parse(holdout) if holdout else (Holdout() if auto else None)
     free = len(law_form.params) - len(fixed) - len(ties)
-    selection = laws.Selection(kinds=tuple(kind) or laws.DEFAULT_KINDS, all_points=all_points)
+    if min_tpp is not None and not (min_tpp >= 0 and math.isfinite(min_tpp)):
+        raise UserError(f"--min-tpp must be a number of tokens/param >= 0, got {min_tpp}")
+    selection = laws.Selection(kinds=tuple(kind) or laws.DEFAULT_KINDS, all_points=all_points, min_tpp=min_tpp,
+                               sizes=parse_numbers(sizes, "--sizes") if sizes else ())
     if source is None:
         frame = laws.store_frame(db, group=group, convention=param_convention, selection=selection)
         data = laws.prepare(frame, law_form, group_col="group", unique_col="U" if "U" in frame else None, free_params=free,
                             drop_top_loss=drop_top_loss, source=str(db) + (f" (group {group})" if group else ""))
     else:
-        if kind or all_points:
-            raise UserError("--kind and --all-points choose points from the results store; a table is used as it is (filter it first)")
+        if kind or all_points or min_tpp is not None or sizes:
+            raise UserError("--kind, --all-points, --min-tpp and --sizes choose points from the results store; a table is "
+                            "used as it is (filter it first)")
         data = laws.prepare(laws.read_table(source), law_form, n_col=n_col, d_col=d_col, loss_col=loss_col, flops_col=flops_col,
                             m_col=m_col, unique_col=unique_col, group_col=group_col, drop_top_loss=drop_top_loss, free_params=free,
                             source=source.name)
@@ -232,13 +238,17 @@ def _print_fit(result, derived, approaches: dict, compute: str | None = None, be
         console.print(compute, style="dim")
     if not result.converged:
         console.print(Text.assemble(("warning: ", "bold red"), f"the fit {result.message}"))
+    floorless = "E" in result.params and "E" not in result.fixed and result.params["E"] < AT_BOUND
+    if floorless:
+        beyond = [*beyond, "E sits at its bound 0: these points show no loss floor yet, so E trades off with the "
+                           "exponents; predictions far beyond the data, and plans from this law, are unreliable"]
     for text in [*result.warnings, *beyond]:
         console.print(Text.assemble(("warning: ", "yellow"), text))
     head = "95% interval" + (f" ({len(boot)} bootstrap resamples over {boot.by})" if boot else " (no bootstrap)")
     table = Table("parameter", "estimate", head)
     for row in result.intervals().itertuples():
-        interval = "fixed" if row.fixed else _interval(row.lo, row.hi, _fmt_num)
-        table.add_row(row.param, _fmt_num(row.estimate), interval)
+        interval = "fixed" if row.fixed else _interval(row.lo, row.hi, _fmt_param)
+        table.add_row(row.param, _fmt_param(row.estimate) + (" (bound)" if row.param == "E" and floorless else ""), interval)
     console.print(table)
     if len(derived):
         table = Table("derived", "estimate", "95% interval")
@@ -293,6 +303,15 @@ def _print_plan(plan, law) -> None:
     for note in plan.notes:
         console.print(note, style="dim")
     console.print(COMPUTE_NOTE, style="dim")
+
+
+# A positive coefficient this small sits at the optimiser's bound (log-space coefficients stop
+# near 1e-12): print it as the 0 it stands for, not as 1.156e-12.
+AT_BOUND = 1e-8
+
+
+def _fmt_param(x: float) -> str:
+    return "0" if math.isfinite(x) and 0 <= x < AT_BOUND else _fmt_num(x)
 
 
 def _fmt_num(x: float) -> str:

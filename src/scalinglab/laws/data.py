@@ -9,6 +9,7 @@ file or column, non-positive values, too few points, one model size in a two-var
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
@@ -92,29 +93,50 @@ def read_table(path: str | Path) -> "pd.DataFrame":
 DEFAULT_KINDS = ("train", "branch", "cosine", "wsd")
 
 
+# The study fits each N from Chinchilla's 20 tokens/param on (`study.analysis.FIT_FROM_TPP`): its
+# shorter branches sit near or inside the warmup. A fit of the same store starts there too.
+DEFAULT_MIN_TPP = 20.0
+
+
 @dataclass(frozen=True)
 class Selection:
-    """Which of the store's points a fit uses: runs of these kinds (fnmatch patterns), and only
-    the final point of each run (its largest step) unless `all_points`."""
+    """Which of the store's points a fit uses: runs of these kinds (fnmatch patterns), only the
+    final point of each run (its largest step) unless `all_points`, only points at and past
+    `min_tpp` tokens per parameter (None: a study's cooldown branches from 20 on, as the study
+    fits them, and every other run's points), and only the model sizes in `sizes` (non-embedding
+    N; empty: all)."""
 
     kinds: tuple[str, ...] = DEFAULT_KINDS
     all_points: bool = False
+    min_tpp: float | None = None
+    sizes: tuple[float, ...] = ()
+
+    @property
+    def tpp_floor(self) -> float:
+        return DEFAULT_MIN_TPP if self.min_tpp is None else self.min_tpp
 
     @property
     def is_default(self) -> bool:
-        return tuple(self.kinds) == DEFAULT_KINDS and not self.all_points
+        return tuple(self.kinds) == DEFAULT_KINDS and not self.all_points and self.min_tpp is None and not self.sizes
 
     def key(self) -> str:
         """A suffix for the stored fit's key ("" for the default selection)."""
         if self.is_default:
             return ""
-        return (f":kinds={'+'.join(self.kinds)}" if tuple(self.kinds) != DEFAULT_KINDS else "") + (":all-points" if self.all_points else "")
+        return ((f":kinds={'+'.join(self.kinds)}" if tuple(self.kinds) != DEFAULT_KINDS else "")
+                + (":all-points" if self.all_points else "")
+                + (f":min-tpp={self.min_tpp:g}" if self.min_tpp is not None else "")
+                + (f":sizes={'+'.join(f'{n:g}' for n in self.sizes)}" if self.sizes else ""))
 
     def describe(self) -> str:
         which = "every point" if self.all_points else "the final point"
         text = f"{which} of each finished run of kind {', '.join(self.kinds)}"
+        if self.min_tpp:
+            text += f" at and past {self.min_tpp:g} tokens/param"
+        if self.sizes:
+            text += " with N in " + ", ".join(f"{n:,.0f}" for n in self.sizes)
         if self.is_default:
-            text += " (trunk and probe runs left out; widen with --kind, --all-points)"
+            text += " (trunk and probe runs left out; widen with --kind, --all-points, --min-tpp 0)"
         return text
 
     def matches(self, kinds: "pd.Series") -> "pd.Series":
@@ -169,7 +191,11 @@ def points_to_frame(points: "pd.DataFrame", convention: str = "nonembedding", so
         raise UserError(f"the points from {source} lack columns {missing}; the store is older or newer than this scalinglab")
     if len(points) == 0:
         raise UserError(f"{source} has no finished evaluation points; train runs to completion first or pass --group/--db")
-    points, line = select_points(points, selection or Selection(), source)
+    selection = selection or Selection()
+    points, line = select_points(points, selection, source)
+    points, dropped = _size_and_tpp(points, column, selection, source)
+    if dropped:
+        line += f"; {dropped}"
     parent = points["parent_run"] if "parent_run" in points.columns else pd.Series([None] * len(points), index=points.index)
     frame = pd.DataFrame(
         {
@@ -186,6 +212,39 @@ def points_to_frame(points: "pd.DataFrame", convention: str = "nonembedding", so
     frame = frame.dropna(subset=["loss"]).reset_index(drop=True)
     frame.attrs.update(param_convention=convention, source=source, selection=line)
     return frame
+
+
+def _size_and_tpp(points: "pd.DataFrame", column: str, selection: Selection, source: str) -> tuple["pd.DataFrame", str]:
+    """The points of the chosen sizes at and past the tokens/param floor, and what was left out."""
+    said = []
+    if selection.sizes:
+        have = np.unique(points[column].astype(float))
+        keep = set()
+        for n in selection.sizes:  # each asked size matches the nearest stored one, within 10%
+            nearest = have[np.argmin(np.abs(np.log(have / n)))] if have.size else None
+            if nearest is None or abs(math.log(nearest / n)) > math.log(1.1):
+                shown = ", ".join(f"{v:,.0f}" for v in have)
+                raise UserError(f"--sizes {n:,.0f}: no runs of that size in {source} (sizes there: {shown})")
+            keep.add(float(nearest))
+        before = len(points)
+        points = points[points[column].astype(float).isin(keep)]
+        said.append(f"{before - len(points)} points of other sizes left out (--sizes)")
+    floor = selection.tpp_floor
+    if floor > 0:
+        # milestones are rounded to whole steps: 19.97 tokens/param is the 20 point
+        tpp = points["tokens"].astype(float) / points[column].astype(float)
+        below = tpp < floor * 0.98
+        if selection.min_tpp is None:  # by default only a study's short branches, which sit near the warmup
+            below &= points["kind"].astype(str) == "branch"
+        if below.all():
+            raise UserError(f"every selected point of {source} lies below {floor:g} tokens/param; lower --min-tpp "
+                            f"(e.g. --min-tpp 0) or train longer")
+        if below.any():
+            which = "points" if selection.min_tpp is not None else "study branch points"
+            said.append(f"{int(below.sum())} {which} below {floor:g} tokens/param left out (the study fits from "
+                        f"{DEFAULT_MIN_TPP:g} too; --min-tpp 0 keeps them)")
+        points = points[~below]
+    return points, "; ".join(said)
 
 
 # -- checking --------------------------------------------------------------------------------

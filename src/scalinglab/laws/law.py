@@ -163,6 +163,9 @@ def law_from_dict(data: object, name: str | None = None, where: str = "this JSON
         except (TypeError, ValueError) as exc:
             raise UserError(f"{where}: 'samples' are not lists of numbers of one length ({exc}); {hint}") from None
     fitted = data.get("kind") == "scalinglab.fit"
+    notes = str(data.get("notes", ""))
+    if fitted:
+        notes = _check_identified(data, form, where) or notes
     level = data.get("level", 0.95)
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise UserError(f"{where}: 'level' must be a number between 0 and 1, got {level!r}; {hint}")
@@ -171,10 +174,28 @@ def law_from_dict(data: object, name: str | None = None, where: str = "this JSON
         form=form,
         params=params,
         source=f"scalinglab fit of {data.get('source') or 'data'} ({data.get('n_points', '?')} points)" if fitted else str(data.get("source", "")),
-        notes=str(data.get("notes", "")),
+        notes=notes,
         samples=samples,
         level=float(level),
     ).implied()
+
+
+def _check_identified(data: Mapping, form: Form, where: str) -> str:
+    """Refuse a saved fit whose points could not identify its form (fewer distinct N or D than a
+    power-law term needs: a whole family of laws fits them equally well). A fit saved before the
+    counts were recorded cannot be checked: say so, in the law's notes."""
+    distinct = data.get("distinct")
+    if not isinstance(distinct, Mapping):
+        return ("saved by an older scalinglab, before fits checked that their points identify the law; "
+                "refit with `scalinglab fit` to check")
+    params = data.get("params") if isinstance(data.get("params"), Mapping) else {}
+    fixed = {k: v.get("estimate") for k, v in params.items() if isinstance(v, Mapping) and v.get("fixed")}
+    for var, need in form.distinct_needed(fixed).items():
+        have = distinct.get(var)
+        if isinstance(have, int) and have < need:
+            raise UserError(f"{where} was fitted on {have} distinct {var}, too few to identify its {var} term (it needs "
+                            f"{need}): a family of laws fits those points equally well; refit with more {var} values")
+    return ""
 
 
 def _json_type(value: object) -> str:

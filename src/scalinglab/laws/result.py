@@ -165,6 +165,8 @@ class FitResult:
             "n_groups": self.data.n_groups,
             "source": self.data.source,
             "data": self.data.meta,
+            # how many distinct values of each variable the fit saw: a plan refuses a law they cannot identify
+            "distinct": {v: int(np.unique(x).size) for v, x in self.data.X(self.form).items()},
             "converged": self.converged,
             "message": self.message,
             "objective": self.objective,
