@@ -190,7 +190,7 @@ def compress_vs_data(
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     store = open_store(db)
     frame = compression_vs_data(
-        store, group, run or None, n=_size(n) if n else None, split=split,
+        store, group, run or None, n=_model_size(n) if n else None, split=split,
         max_bytes=int(parse_number(max_bytes, "--max-bytes")) if max_bytes else None, archive=archive,
         chunk_size=chunk_size, cache_dir=cache_dir, input_path=input_,
         progress=lambda label: err_console.print(f"measuring {label}...", highlight=False),
@@ -210,7 +210,7 @@ def compress_vs_data(
     console.print(f"figure: {path}; results in {db} (kind compress-vs-data)", highlight=False)
 
 
-def _size(text: str) -> int:
+def _model_size(text: str) -> int:
     """--n as a count (1e5, 100k) or a model preset's non-embedding count (1m, gpt2)."""
     from scalinglab.model import PRESETS, count_params, preset
 
