@@ -300,7 +300,8 @@ def test_cli_round_trip_and_one_line_errors(run_cli, trained, tmp_path):
         assert code == 2, (args, out, err)
         assert message in err and len(err.strip().splitlines()) == 1, err
     leftovers = sorted(p.name for p in tmp_path.iterdir())
-    assert leftovers == ["broken.slz", "data.bin", "data.out", "data.slz", "other.pt"]
+    # the failed commands left nothing behind (other.pt's weights are its own safetensors file)
+    assert leftovers == ["broken.slz", "data.bin", "data.out", "data.slz", "other.pt", "other.step0.safetensors"]
 
 
 def test_an_archive_decodes_in_a_fresh_process(comp, trained, text, tmp_path):

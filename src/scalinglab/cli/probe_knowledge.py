@@ -19,6 +19,7 @@ from scalinglab.cli.app import (
     parse_numbers,
 )
 from scalinglab.cli.probe import probe_app
+from scalinglab.cli.train import LOG_HELP, use_log_option
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
 
@@ -46,6 +47,7 @@ def long_tail(
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     workers: int = typer.Option(2, "--workers", help="Trunks in parallel (one core each)."),
     out: Path = typer.Option(Path("runs/probes/long-tail"), "--out", help="Folder of the runs (resumable)."),
@@ -53,6 +55,7 @@ def long_tail(
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
 ) -> None:
     """Rare facts need exposures: recall of Zipf-distributed facts as a fixed model sees more data."""
+    use_log_option(log)
     from rich.table import Table
 
     from scalinglab.config import build_config
@@ -102,6 +105,7 @@ def open_book(
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     workers: int = typer.Option(2, "--workers", help="Fits in parallel (one core each)."),
     out: Path = typer.Option(Path("runs/probes/open-book"), "--out", help="Folder of the runs (resumable)."),
@@ -109,6 +113,7 @@ def open_book(
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
 ) -> None:
     """Facts in the weights vs in the context: closed-book recall against a reader given retrieved records."""
+    use_log_option(log)
     from rich.table import Table
 
     from scalinglab.config import build_config

@@ -18,6 +18,7 @@ from scalinglab.cli.app import (
     err_console,
 )
 from scalinglab.cli.probe import probe_app
+from scalinglab.cli.train import LOG_HELP, use_log_option
 from scalinglab.errors import UserError
 
 
@@ -62,10 +63,12 @@ def grokking(
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Grokking on modular arithmetic: epochs to memorise and to generalise, progress measures."""
+    use_log_option(log)
 
     from scalinglab.config import build_config
     from scalinglab.probes import grokking as grok
@@ -171,6 +174,7 @@ def repetition(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     workers: int = typer.Option(1, "--workers", help="Runs in parallel (one core each)."),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     out: Path = typer.Option(Path("runs/probes/repetition"), "--out", help="Folder of the run directories."),
     figures: Optional[Path] = typer.Option(None, "--figures", help="Folder for the figures (default OUT/figures)."),
@@ -178,6 +182,7 @@ def repetition(
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache (default ~/.cache/scalinglab)."),
 ) -> None:
     """Repeated epochs and junk data at fixed N and D, against Muennighoff et al. 2023's law."""
+    use_log_option(log)
     from scalinglab.cli.app import parse_number
     from scalinglab.config import build_run_config
     from scalinglab.corpus import prepare_corpus
@@ -244,6 +249,7 @@ def facts_rules(
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     workers: int = typer.Option(1, "--workers", help="Fits in parallel (one core each)."),
     out: Path = typer.Option(Path("runs/probes/facts-rules"), "--out", help="Folder of the fit directories."),
@@ -251,6 +257,7 @@ def facts_rules(
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
 ) -> None:
     """Facts vs rules at fixed N and growing D: fact recall saturates, the rule keeps improving."""
+    use_log_option(log)
     from rich.table import Table
 
     from scalinglab.config import build_config

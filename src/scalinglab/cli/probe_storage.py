@@ -20,6 +20,7 @@ from scalinglab.cli.app import (
     parse_numbers,
 )
 from scalinglab.cli.probe import probe_app
+from scalinglab.cli.train import LOG_HELP, use_log_option
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
 
@@ -46,12 +47,14 @@ def capacity(
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     out: Path = typer.Option(Path("runs/probes/capacity"), help="Folder of the fits (resumable)."),
     figures: Optional[Path] = typer.Option(None, help="Folder for the figures (default: OUT/figures)."),
 ) -> None:
     """Memorisation capacity in bits per parameter on uniformly random sequences (Morris et al. 2025)."""
+    use_log_option(log)
     from scalinglab.config import build_config
     from scalinglab.probes.capacity import CapacityConfig, parse_models, run_capacity
 
@@ -121,6 +124,7 @@ def memorisation(
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
     # the folder keeps the older spelling so that reruns find (and resume) the runs already there
@@ -129,6 +133,7 @@ def memorisation(
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache."),
 ) -> None:
     """Sample-specific memorisation vs generalisation at fixed N and growing D, and membership inference."""
+    use_log_option(log)
     import dataclasses
 
     from scalinglab.config import build_config

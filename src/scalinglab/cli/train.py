@@ -11,13 +11,40 @@ import typer
 from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_number
 from scalinglab.errors import UserError
 
+LOG_HELP = ("Also send every evaluation to tensorboard, wandb (offline) or both (tensorboard,wandb): an event "
+            "folder in each run's directory (default: $SCALINGLAB_LOG).")
+SPLIT_HELP = "Hugging Face data set corpora: the split to read (default train)."
+MAX_BYTES_HELP = "Hugging Face data set corpora: read documents until this many bytes, e.g. 200M."
+CORPUS_HELP = ("'stdlib' (default), a text file, a directory, .jsonl or .parquet, or a Hugging Face data set "
+               "hf:NAME[:CONFIG] (a hub name or a local folder).")
+TOKENIZER_HELP = "byte (default), bpe, a tokenizer.json file, or hf:NAME (a pretrained byte-level BPE)."
+
+
+def use_log_option(text: str | None) -> None:
+    """`--log`: check the sinks (a missing extra fails here, before anything is stored) and send
+    this command's runs, and its workers', to them."""
+    import os
+
+    from scalinglab.train.sinks import LOG_ENV, parse_log, use_log
+
+    if text is not None:
+        use_log(parse_log(text))
+    else:
+        parse_log(os.environ.get(LOG_ENV))
+
+
+def max_bytes_option(text: str | None) -> int | None:
+    return None if text is None else int(parse_number(text, "--max-bytes"))
+
 
 @app.command()
 def train(
-    corpus: Optional[str] = typer.Option(None, help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
-    field: Optional[str] = typer.Option(None, help="JSON-lines field / Parquet column with the text."),
+    corpus: Optional[str] = typer.Option(None, help=CORPUS_HELP),
+    field: Optional[str] = typer.Option(None, help="JSON-lines field / Parquet column / data set field with the text."),
     glob: Optional[str] = typer.Option(None, help="Files to read from a directory corpus."),
-    tokenizer: Optional[str] = typer.Option(None, help="byte (default) or bpe."),
+    split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
+    max_bytes: Optional[str] = typer.Option(None, help=MAX_BYTES_HELP),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary size."),
     size: Optional[str] = typer.Option(None, help="Model preset: 10k 30k 100k 300k 1m 3m 10m 30m gpt2."),
     params: Optional[str] = typer.Option(None, help="Any non-embedding parameter count, e.g. 2e5."),
@@ -44,6 +71,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     cache_dir: Optional[Path] = typer.Option(None, help="Prepared-corpus cache (default ~/.cache/scalinglab)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     nproc: Optional[int] = typer.Option(None, "--nproc", help="Train data-parallel over this many processes "
                                         "on this machine (through torch.distributed.run; 1: this process)."),
 ) -> None:
@@ -61,6 +89,7 @@ def train(
     from scalinglab.train.launch import launch_ranks, without_nproc
     from scalinglab.train.loop import check_run_memory, check_split
 
+    use_log_option(log)
     if nproc is not None and nproc < 1:
         raise UserError(f"--nproc must be at least 1, got {nproc}")
     launched = launched_ranks()
@@ -73,7 +102,7 @@ def train(
     cfg = build_run_config(
         config, set_,
         corpus__source=corpus, corpus__field=field, corpus__glob=glob, corpus__tokenizer=tokenizer,
-        corpus__vocab_size=vocab_size, model__size=size,
+        corpus__vocab_size=vocab_size, corpus__split=split, corpus__max_bytes=max_bytes_option(max_bytes), model__size=size,
         model__params=parse_number(params, "--params") if params else None,
         train__tokens=parse_number(tokens, "--tokens") if tokens else None, train__tpp=tpp,
         train__batch_size=batch_size, train__seq_len=seq_len, optim__lr=lr, optim__warmup=warmup,

@@ -9,12 +9,14 @@ repetition, grokking) run through it; they differ only in their Task.
 A run is a directory:
 
     config.json       the identity (what names the run and what a resume compares)
-    last.pt           the latest checkpoint: model, optimizer, step, RNG states, the task's state
-    snap-<step>.pt    kept snapshots (a trunk's branch points)
+    last.pt           the latest checkpoint: optimizer, step, RNG states, the task's state ...
+    last.step<S>.safetensors   ... and its model weights (`scalinglab.train.checkpoint`)
+    snap-<step>.pt    kept snapshots (a trunk's branch points), each with its weights file
     train_loss.f32    the loss of every training batch before its update (float32 per step):
                       the prequential code length of the run is their sum
     metrics.jsonl     one line per evaluation
     DONE / DIVERGED   how the run ended
+    tb/, wandb/       live curves, when the run logs to TensorBoard / W&B (`scalinglab.train.sinks`)
 
 and, when the spec names a store, a run row, a point per evaluation and its status there.
 
@@ -26,6 +28,8 @@ The rules, in one place:
   seconds), every `checkpoint_every` seconds between steps, at snapshot steps, on a stop request
   and at the end. Metrics lines and store points are written with each checkpoint, so they never
   run ahead of it: work lost to a kill is redone and recorded identically.
+- Live curves: each point goes to the run's sinks (`spec.log`, else `$SCALINGLAB_LOG`) as it is
+  written to the store, so a sink never shows a point that a resume redoes.
 - Stop requests (Ctrl-C, SIGTERM): the current step finishes, a checkpoint is written, and
   `Interrupted` says how to continue.
 - Divergence: a NaN/inf loss is caught before it touches the weights; the run gets a DIVERGED
@@ -65,6 +69,7 @@ from scalinglab.train.checkpoint import load_checkpoint, save_checkpoint, set_rn
 from scalinglab.train.optim import adamw
 from scalinglab.train.rundir import claim_directory, exclusive, read_marker, stop_requests, versions, write_marker
 from scalinglab.train.schedules import Schedule
+from scalinglab.train.sinks import Sinks, requested, scalars
 
 EVAL_CHECKPOINT_GAP = 1.0  # seconds: evaluations closer together than this share a checkpoint
 
@@ -177,6 +182,7 @@ class RunSpec:
     ranks: this process's rank of a data-parallel run (`scalinglab.device.join_ranks`); None
       trains in this process alone.
     what, fix: how errors name the run and what to do about a directory that is not this run's.
+    log: live-curve sinks ("tensorboard", "wandb"); None takes `$SCALINGLAB_LOG` (`--log`).
     """
 
     run_id: str
@@ -201,6 +207,7 @@ class RunSpec:
     ranks: Ranks | None = None
     what: str = "run"
     fix: str = "pass another --out"
+    log: Sequence[str] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -318,6 +325,7 @@ class _Loop:
         compiled = spec.compile and self.device.type == "cuda"
         self.run_model = torch.compile(self.model) if compiled else self.model
         self.stopped_early = False
+        self.sinks: Sinks | None = None  # opened by run()
         if self.store is not None:
             self.store.upsert_run(spec.run_id, status="running", device=placement.describe(),
                                   dtype=str(placement.dtype).removeprefix("torch."), versions=versions(),
@@ -336,9 +344,13 @@ class _Loop:
         snapshots = set(spec.snapshot_steps)
         end = spec.total_steps if stop_at_step is None else min(spec.total_steps, stop_at_step)
         last_save = time.monotonic()
-        self.reporter.start(spec.total_steps, self.step)
         self.model.train()
         try:
+            log = requested() if spec.log is None else tuple(spec.log)
+            if log and self.lead:
+                self.sinks = Sinks(log, self.out_dir, run_id=spec.run_id, name=spec.row.get("name"),
+                                   group=spec.row.get("group_name"), config=spec.identity)
+            self.reporter.start(spec.total_steps, self.step)
             with stop_requests() as stop:
                 while self.step < end and not self.stopped_early:
                     lr = spec.lr * spec.schedule.multiplier(self.step)
@@ -375,6 +387,8 @@ class _Loop:
         finally:
             self.reporter.close()
             self.loss_log.close()
+            if self.sinks is not None:
+                self.sinks.close()
         # the store first: a kill between the two leaves a run that a rerun finishes in no steps
         self._set_status("done", "stopped early" if self.stopped_early else None)
         if self.lead:
@@ -451,11 +465,14 @@ class _Loop:
             return
         with disk_errors(self.out_dir / "metrics.jsonl"), open(self.out_dir / "metrics.jsonl", "a") as fh:
             fh.write("".join(json.dumps(p) + "\n" for p in self.unwritten))
-        if self.store is not None:
-            for point in self.unwritten:
-                row = self.task.store_point(point)
-                if row is not None:
-                    self.store.add_point(self.spec.run_id, **row)
+        for point in self.unwritten:
+            row = self.task.store_point(point) if self.store is not None or self.sinks is not None else None
+            if self.store is not None and row is not None:
+                self.store.add_point(self.spec.run_id, **row)
+            if self.sinks is not None:
+                self.sinks.write(int(point["step"]), scalars(row if row is not None else point))
+        if self.sinks is not None:
+            self.sinks.flush()
         self.unwritten.clear()
 
     def _set_status(self, status: str, message: str | None) -> None:
