@@ -18,6 +18,15 @@ from scalinglab.cli.app import (
     console,
     err_console,
 )
+from scalinglab.cli.train import (
+    CORPUS_HELP,
+    LOG_HELP,
+    MAX_BYTES_HELP,
+    SPLIT_HELP,
+    TOKENIZER_HELP,
+    max_bytes_option,
+    use_log_option,
+)
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
 
@@ -51,6 +60,16 @@ def print_grid(study) -> None:
     if grid.max_epochs > 1:
         console.print(f"the largest D needs {grid.max_epochs:.2f} epochs over {grid.unique_train_tokens:,} unique "
                       "train tokens: data will repeat, and each point records its epoch count")
+    cfg = study.config
+    if cfg.control:
+        from scalinglab.study.grid import control_tokens
+
+        epochs = ", ".join(
+            f"N = {s.n:,}: {max(m.end_step for m in s.milestones) * s.batch_tokens / control_tokens(cfg, s):.1f}"
+            for s in grid.sizes)
+        console.print(f"control ({cfg.control}): a second trunk per N with the same steps and milestones on only the "
+                      f"first {cfg.control_unique:g} tokens/param of the train split, repeated (epochs at the largest "
+                      f"D: {epochs}); it doubles the work above")
 
 
 class StudyProgress:
@@ -96,10 +115,12 @@ class StudyProgress:
 @app.command()
 def study(
     preset: str = typer.Option("default", help="smoke (<1 min) | default (~10 min on 2 cores) | gpu (~1 h on one GPU)."),
-    corpus: Optional[str] = typer.Option(None, help="'stdlib' (default), a text file, a directory, .jsonl or .parquet."),
-    field: Optional[str] = typer.Option(None, help="JSON-lines field / Parquet column with the text."),
+    corpus: Optional[str] = typer.Option(None, help=CORPUS_HELP),
+    field: Optional[str] = typer.Option(None, help="JSON-lines field / Parquet column / data set field with the text."),
     glob: Optional[str] = typer.Option(None, help="Files to read from a directory corpus."),
-    tokenizer: Optional[str] = typer.Option(None, help="byte (default) or bpe."),
+    split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
+    max_bytes: Optional[str] = typer.Option(None, help=MAX_BYTES_HELP),
+    tokenizer: Optional[str] = typer.Option(None, help=TOKENIZER_HELP),
     vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary size."),
     sizes: Optional[str] = typer.Option(None, help="Comma-separated model sizes: presets or counts (1e4,3e4,1e5)."),
     budget: Optional[str] = typer.Option(None, help="Wall clock (10m, 2h) or compute (1e15flops); 'none' = no limit."),
@@ -117,7 +138,11 @@ def study(
     report: bool = typer.Option(True, "--report/--no-report", help="Write the study's report (report/index.html in the study folder) at the end."),
     backend: str = typer.Option("local", "--backend", help=BACKEND_HELP),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    log: Optional[str] = typer.Option(None, "--log", help=LOG_HELP),
     fit_from: float = typer.Option(20.0, "--fit-from", help="Fit L(D) per N over the points at and past this many tokens/param."),
+    fit_plateau: bool = typer.Option(False, "--fit-plateau", help="Keep points on the unigram plateau (val loss within 0.1 nats of the train split's unigram entropy) in the fits."),
+    control: Optional[str] = typer.Option(None, "--control", help="repeat: per N, a control trunk with the same steps on a fixed unique subset, repeated (separates new data from more steps); none: no control. Default: the preset's (on in gpu)."),
+    control_unique: Optional[float] = typer.Option(None, "--control-unique", help="The control's unique tokens in tokens/param (default 20)."),
     config: Optional[Path] = typer.Option(None, "--config", help=CONFIG_HELP + " Applied over the preset."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite)."),
@@ -126,6 +151,7 @@ def study(
 ) -> None:
     """Train models of fixed size N on ever more data D (far past 20 tokens/param), one WSD trunk
     per N with a cooldown branch per D, and fit how fast the loss keeps falling."""
+    use_log_option(log)
     from scalinglab.config import build_config
     from scalinglab.device import default_workers
     from scalinglab.study import StudyConfig, analyse, execute, prepare_study, study_preset
@@ -137,10 +163,14 @@ def study(
         max_doublings=max_doublings, cooldown_frac=cooldown_frac, cooldown_shape=cooldown_shape,
         workers=workers, seq_len=seq_len, seed=seed, device=device, name=name, no_repeat=no_repeat or None,
         corpus__source=corpus, corpus__field=field, corpus__glob=glob, corpus__tokenizer=tokenizer,
-        corpus__vocab_size=vocab_size,
+        corpus__vocab_size=vocab_size, corpus__split=split, corpus__max_bytes=max_bytes_option(max_bytes),
+        control=control, control_unique=control_unique,
     )
     if cfg.budget == "":
         cfg.budget = None
+    cfg.check_control()
+    if control_unique is not None and not cfg.control:
+        raise UserError("--control-unique applies only to a study with a control; add --control repeat")
     if workers is None and cfg.device == "cpu" and "workers" not in _given(config, set_):
         cfg.workers = default_workers()
 
@@ -161,7 +191,7 @@ def study(
     for task in tasks:
         if task.status in ("diverged", "failed", "skipped"):
             err_console.print(f"{task.plan.name}: {task.status} {task.message.splitlines()[0] if task.message else ''}")
-    result = analyse(prepared, fit_from_tpp=fit_from)
+    result = analyse(prepared, fit_from_tpp=fit_from, fit_plateau=fit_plateau)
     print_results(result)
     console.print(f"results: {result.csv}  figures: {', '.join(str(p) for p in result.figures)}  store: {db} "
                   f"(group {prepared.study_id})")
@@ -187,11 +217,33 @@ def _given(config: Path | None, sets: list[str]) -> set[str]:
 def print_results(result) -> None:
     from rich.table import Table
 
-    table = Table("N", "D", "tokens/param", "val loss", "val bpb", "train-val gap", "epochs")
-    for row in result.points.itertuples():
-        table.add_row(f"{row.N:,}", human(row.D), f"{row.tokens_per_param:.3g}", f"{row.val_loss:.4f}",
-                      f"{row.val_bpb:.4f}", f"{row.gap:+.4f}", f"{row.epoch:.2f}")
+    points = result.points
+    control = "control_val_loss" in points.columns
+    plateau = "plateau" in points.columns and bool(points["plateau"].any())
+    headers = ["N", "D", "tokens/param", "val loss", "val bpb", "train-val gap", "epochs"]
+    if control:
+        headers += ["control loss", "control epochs", "unique-data gain"]
+    table = Table(*headers)
+    for row in points.itertuples():
+        mark = " *" if plateau and row.plateau else ""
+        cells = [f"{row.N:,}", human(row.D), f"{row.tokens_per_param:.3g}", f"{row.val_loss:.4f}{mark}",
+                 f"{row.val_bpb:.4f}", f"{row.gap:+.4f}", f"{row.epoch:.2f}"]
+        if control:
+            done = row.control_val_loss == row.control_val_loss  # NaN: the control's branch has not finished
+            cells += [f"{row.control_val_loss:.4f}" if done else "-", f"{row.control_epoch:.2f}" if done else "-",
+                      f"{row.unique_data_gain:+.4f}" if done else "-"]
+        table.add_row(*cells)
     console.print(table)
+    if plateau:
+        how = ("kept in the fits (--fit-plateau)" if result.fit_plateau
+               else "left out of the fits (--fit-plateau keeps them)")
+        console.print(f"* on the unigram plateau: val loss within {result.plateau_nats:g} nats of "
+                      f"{result.unigram_entropy:.4f} nats/token, the unigram entropy of the train split's token counts "
+                      f"(a model that has learnt token frequencies and no context yet); {how}")
+    if control:
+        console.print(f"control loss: the same steps and milestones on only the first {result.control_unique:g} "
+                      "tokens/param of the train split, repeated; unique-data gain = control loss - val loss (positive: "
+                      "the new data helped at equal steps)")
     if not len(result.summary):
         return
     fits = Table("N", "β [95%]", "E [95%]", "L at 20", "L at max", "max D/N", "gain", "next 2x",
@@ -202,7 +254,8 @@ def print_results(result) -> None:
         e = _with_interval(row.E) if row.E else "-"
         if row.E and row.E[0] < 1e-6:  # the fit put the floor at its bound: the curve shows none yet
             e, floorless = "0 (bound)", floorless + [f"{row.N:,}"]
-        nxt = f"{row.next_doubling_gain:.4f}" if row.next_doubling_gain is not None else "-"
+        nxt = "-" if row.next_doubling_gain is None or row.next_doubling_gain != row.next_doubling_gain else \
+            f"{row.next_doubling_gain:.4f}"  # None or NaN: no fit
         fits.add_row(f"{row.N:,}", beta, e, f"{row.loss_at_20:.4f}", f"{row.loss_at_max:.4f}",
                      f"{row.max_tokens_per_param:.0f}", f"{row.improvement_past_20:.4f}", nxt)
     console.print(fits)
@@ -215,6 +268,51 @@ def print_results(result) -> None:
     if floorless:
         console.print(f"N = {', '.join(floorless)}: no loss floor is visible yet (E at its bound 0): the points "
                       "still fall as a pure power law, so β describes the range measured, not the asymptote")
+    print_plateau(result)
+    if "gain_from_steps" in result.summary.columns:
+        print_control_split(result)
+
+
+def print_plateau(result) -> None:
+    """Which points the plateau rule took out of the fits (those below --fit-from were not fitted anyway)."""
+    fitted, below = [], []
+    for row in result.summary.itertuples():
+        tpps = getattr(row, "plateau_tokens_per_param", None) or []
+        cut = result.fit_from_tpp * 0.98
+        for where, chosen in ((fitted, [t for t in tpps if t >= cut]), (below, [t for t in tpps if t < cut])):
+            if chosen:
+                where.append(f"N = {row.N:,} at {', '.join(f'{t:.3g}' for t in chosen)}")
+    if fitted:
+        verb = "kept in the fits (--fit-plateau)" if result.fit_plateau else "left out of the fits"
+        console.print(f"on the unigram plateau, {verb}: {'; '.join(fitted)} tokens/param")
+    if below:
+        console.print(f"on the unigram plateau, below --fit-from {result.fit_from_tpp:g} (not fitted in any case): "
+                      f"{'; '.join(below)} tokens/param")
+
+
+def print_control_split(result) -> None:
+    """Per N: how much of the gain from D0 to the largest D came from new data and how much from
+    more steps on the same data."""
+    console.print(f"more data, or only more steps? (control: the first {result.control_unique:g} tokens/param, repeated)")
+    for row in result.summary.itertuples():
+        head = f"  N = {row.N:,}: "
+        if row.control_gain != row.control_gain:  # NaN
+            console.print(head + "the control has fewer than 2 finished points; rerun the study to finish it")
+        elif row.control_max_tpp <= row.control_anchor_tpp:
+            console.print(head + f"the largest D ({row.control_max_tpp:.3g} tokens/param) does not pass the control's "
+                          "unique data: nothing to split")
+        elif row.control_gain <= 0:
+            console.print(head + f"from {row.control_anchor_tpp:.3g} to {row.control_max_tpp:.3g} tokens/param the loss "
+                          f"did not fall ({-row.control_gain:+.4f} nats); the control's own change was "
+                          f"{-row.gain_from_steps:+.4f}: nothing to split")
+        else:
+            new, steps, gain = row.gain_from_new_data, row.gain_from_steps, row.control_gain
+            console.print(head + f"from {row.control_anchor_tpp:.3g} to {row.control_max_tpp:.3g} tokens/param the loss "
+                          f"fell {gain:.4f} nats: {new:.4f} ({new / gain:.0%}) from new data, {steps:.4f} "
+                          f"({steps / gain:.0%}) from more steps on the same data ({row.control_epochs_at_max:.1f} "
+                          "epochs of it by the largest D)")
+    console.print("from more steps: the control's own fall between the two points (the same unique tokens, repeated); "
+                  "from new data: the rest (= the unique-data gain at the largest D minus the one at the first point)")
 
 
 def _with_interval(value: tuple[float, float, float]) -> str:

@@ -5,14 +5,19 @@ tokenizer spec, split seed and fractions). Preparing the same corpus twice finds
 and reuses it. The directory holds
 
     meta.json                 what was prepared and its statistics
-    {split}.bin               tokens of the split, documents concatenated (uint8 or uint16)
+    {split}.bin               tokens of the split, documents concatenated (uint8, uint16 or uint32)
     {split}.docs.npy          token offset where each document starts (int64), plus the end
     {split}.names.json        document names, in shard order
-    tokenizer.json            the trained BPE (BPE corpora only)
+    tokenizer.json            the trained BPE, or the pretrained tokenizer (not for byte corpora)
 
 Splits are by document: each document is assigned to exactly one split by a seeded random
 draw, so no document's text leaks across splits. Val and test are then fixed token sets that
 every run on the corpus evaluates on.
+
+A pretrained tokenizer (`--tokenizer FILE.json` or `hf:NAME`) must give back the exact bytes of
+every val and test document, or bits per byte would not be exact: one that does not is refused.
+A data set on the Hugging Face hub is named in the cache by its name, config, split, field, byte
+limit and the hub's commit too, so preparing it again finds the corpus without streaming it.
 """
 
 from __future__ import annotations
@@ -31,8 +36,16 @@ from pathlib import Path
 
 import numpy as np
 
-from scalinglab.corpus.sources import Source, SourceSpec, read_source
-from scalinglab.corpus.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, load_tokenizer, tokenizer_spec
+from scalinglab.corpus.sources import Source, SourceSpec, hf_target, hub_revision, read_source
+from scalinglab.corpus.tokenizers import (
+    BPETokenizer,
+    ByteTokenizer,
+    PretrainedTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    pretrained,
+    tokenizer_spec,
+)
 from scalinglab.errors import UserError
 from scalinglab.fsutil import disk_errors, publish_dir
 
@@ -44,11 +57,14 @@ SPLITS = ("train", "val", "test")
 class CorpusConfig:
     """Which corpus to prepare and how.
 
-    source: "stdlib" (the running Python's standard library source) or a path.
-    field: JSON-lines field / Parquet column holding the text.
+    source: "stdlib" (the running Python's standard library source), a path, or a Hugging Face
+      data set "hf:NAME[:CONFIG]" (a hub name or a local folder).
+    field: JSON-lines field / Parquet column / data set field holding the text.
     glob: files to take from a directory source.
-    tokenizer: "byte" (exact bits/byte, any input) or "bpe" (trained on the train split).
+    tokenizer: "byte" (exact bits/byte, any input), "bpe" (trained on the train split), a saved
+      tokenizer.json file or "hf:NAME" (a pretrained byte-level BPE; must round-trip the corpus).
     vocab_size: BPE vocabulary size.
+    split, max_bytes: the data set split to read, and where to stop (Hugging Face sources).
     split_seed: seed of the document-to-split draw.
     val_frac, test_frac: target shares of bytes in val and test.
     """
@@ -62,15 +78,20 @@ class CorpusConfig:
     val_frac: float = 0.05
     test_frac: float = 0.05
     include_tests: bool = False
+    split: str = "train"
+    max_bytes: int | None = None
 
     def source_spec(self) -> SourceSpec:
-        return SourceSpec(location=self.source, field=self.field, glob=self.glob, include_tests=self.include_tests)
+        return SourceSpec(location=self.source, field=self.field, glob=self.glob, include_tests=self.include_tests,
+                          split=self.split, max_bytes=self.max_bytes)
 
     def validate(self) -> None:
         for name in ("val_frac", "test_frac"):
             value = getattr(self, name)
             if not (0 < value < 0.5) or not math.isfinite(value):
                 raise UserError(f"{name} must lie in (0, 0.5), got {value}")
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            raise UserError(f"max_bytes must be > 0, got {self.max_bytes}")
         tokenizer_spec(self.tokenizer, self.vocab_size)
 
 
@@ -104,6 +125,8 @@ class PreparedCorpus:
     @property
     def tokenizer_name(self) -> str:
         spec = self.meta["tokenizer"]
+        if spec["kind"] == "pretrained":
+            return f"pretrained:{spec['name']}"
         return spec["kind"] if spec["kind"] == "byte" else f"bpe-{spec['vocab_size']}"
 
     @cached_property
@@ -111,7 +134,7 @@ class PreparedCorpus:
         return load_tokenizer(self.path)
 
     def tokenizer_json(self) -> str | None:
-        """The trained BPE tokenizer as JSON text (None for the byte tokenizer)."""
+        """The BPE (trained or pretrained) tokenizer as JSON text (None for the byte tokenizer)."""
         path = self.path / "tokenizer.json"
         return path.read_text() if path.exists() else None
 
@@ -143,6 +166,24 @@ class PreparedCorpus:
     @property
     def unique_train_tokens(self) -> int:
         return int(self.meta["splits"]["train"]["tokens"])
+
+    @cached_property
+    def unigram_entropy(self) -> float:
+        """Entropy (nats/token) of the train split's token frequencies: the loss of a model that
+        predicts every token from its count alone, the plateau a tiny model sits on before it
+        learns any context. Read from meta.json (stored when the corpus is prepared); corpora
+        prepared before it was stored count the train tokens now (one bincount)."""
+        stored = self.meta["splits"]["train"].get("unigram_entropy")
+        if stored is not None:
+            return float(stored)
+        return unigram_entropy(self.tokens("train"), self.vocab_size)
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
+    """Entropy in nats/token of the empirical token distribution of `tokens`."""
+    counts = np.bincount(np.asarray(tokens), minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
 
 
 def corpus_key(source_hash: str, tok_spec: dict, cfg: CorpusConfig) -> str:
@@ -195,11 +236,17 @@ def prepare_corpus(cfg: CorpusConfig | None = None, cache_dir: Path | None = Non
     cfg = cfg or CorpusConfig()
     cfg.validate()
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    source = read_source(cfg.source_spec())
     tok_spec = tokenizer_spec(cfg.tokenizer, cfg.vocab_size)
+    alias = _hub_alias(cfg, tok_spec, cache_dir)
+    if alias is not None and alias.exists():
+        key = json.loads(alias.read_text())["key"]
+        if (cache_dir / key / "meta.json").exists():
+            return PreparedCorpus(cache_dir / key)
+    source = read_source(cfg.source_spec())
     key = corpus_key(source.content_hash, tok_spec, cfg)
     final = cache_dir / key
     if (final / "meta.json").exists():
+        _write_alias(alias, key)
         return PreparedCorpus(final)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +260,29 @@ def prepare_corpus(cfg: CorpusConfig | None = None, cache_dir: Path | None = Non
             publish_dir(tmp, final)  # a concurrent twin may have published it first: same content
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _write_alias(alias, key)
     return PreparedCorpus(final)
+
+
+def _hub_alias(cfg: CorpusConfig, tok_spec: dict, cache_dir: Path) -> Path | None:
+    """Where the key of a hub data set's prepared corpus is noted (None for other sources): its
+    name, config, split, field, byte limit, the hub's commit and the preparation settings."""
+    spec = cfg.source_spec()
+    if spec.kind != "hf" or hf_target(spec.location).local is not None:
+        return None
+    blob = json.dumps({"source": spec.describe(), "revision": hub_revision(hf_target(spec.location)),
+                       "tokenizer": tok_spec, "split_seed": cfg.split_seed, "val_frac": cfg.val_frac,
+                       "test_frac": cfg.test_frac, "format": FORMAT_VERSION}, sort_keys=True)
+    return cache_dir / "hub" / f"{hashlib.sha256(blob.encode()).hexdigest()[:20]}.json"
+
+
+def _write_alias(alias: Path | None, key: str) -> None:
+    if alias is None:
+        return
+    from scalinglab.fsutil import atomic_write_json
+
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(alias, {"key": key})
 
 
 def _write_corpus(out: Path, source: Source, cfg: CorpusConfig, tok_spec: dict, key: str) -> None:
@@ -224,10 +293,13 @@ def _write_corpus(out: Path, source: Source, cfg: CorpusConfig, tok_spec: dict, 
     tokenizer: Tokenizer
     if tok_spec["kind"] == "byte":
         tokenizer = ByteTokenizer()
+    elif tok_spec["kind"] == "pretrained":
+        tokenizer = pretrained(cfg.tokenizer)
+        tokenizer.save(out / "tokenizer.json")
     else:
         tokenizer = BPETokenizer.train((d.data for d in by_split["train"]), tok_spec["vocab_size"])
         tokenizer.save(out / "tokenizer.json")
-    dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16
+    dtype = np.uint8 if tokenizer.vocab_size <= 256 else np.uint16 if tokenizer.vocab_size <= 2**16 else np.uint32
 
     split_stats = {}
     for name, split_docs in by_split.items():
@@ -235,6 +307,12 @@ def _write_corpus(out: Path, source: Source, cfg: CorpusConfig, tok_spec: dict, 
             encoded = tokenizer.encode_batch([d.data for d in split_docs])
         else:
             encoded = [tokenizer.encode(d.data) for d in split_docs]
+        if isinstance(tokenizer, PretrainedTokenizer) and name != "train":  # bits/byte rest on these two
+            bad = tokenizer.first_mismatch([d.data for d in split_docs], encoded)
+            if bad is not None:
+                raise UserError(f"the tokenizer {tokenizer.label} does not give back the exact bytes of {name} document "
+                                f"{split_docs[bad].name!r}, so bits per byte would not be exact; use --tokenizer byte "
+                                "or bpe, or a byte-level tokenizer without a normaliser")
         lengths = np.array([len(e) for e in encoded], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         tokens = np.concatenate(encoded).astype(dtype) if encoded else np.zeros(0, dtype=dtype)
@@ -248,6 +326,8 @@ def _write_corpus(out: Path, source: Source, cfg: CorpusConfig, tok_spec: dict, 
             "bytes": int(sum(len(d.data) for d in split_docs)),
             "tokens": int(len(tokens)),
         }
+        if name == "train":
+            split_stats[name]["unigram_entropy"] = unigram_entropy(tokens, tokenizer.vocab_size)
 
     meta = {
         "format": FORMAT_VERSION,

@@ -12,6 +12,11 @@ milestone of the N that has gone least far (the cheapest on ties) while the plan
 all sizes reach the same multiple before the cheap ones go further. The makespan estimate
 is the larger of the longest single chain (a trunk plus its last cooldown; a trunk is
 sequential) and the total work spread over the workers.
+
+With `control="repeat"` every N gets a second trunk with the same steps, branches and milestones,
+trained on only the first D0 = control_unique x N tokens of the train split, repeated: a point
+of the main trunk and the control's point at the same D differ only in unique data, not in
+steps. The control doubles every N's work, and the budget pays for it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ class StudyConfig:
     budget: "10m", "2h", "90s" (wall clock) or "1e15flops"; None: every N to 20 x 2^max_doublings.
     workers: parallel training processes (CPU: one per core, one thread each).
     seq_len, eval_tokens, seed, device, dtype: as in `scalinglab train`.
+    control: None, or "repeat": a control trunk per N on a fixed unique subset, repeated.
+    control_unique: the control's unique tokens D0 in tokens/param.
     """
 
     name: str = "default"
@@ -64,9 +71,33 @@ class StudyConfig:
     dtype: str = "auto"
     compile: bool = False
     no_repeat: bool = False
+    control: str | None = None
+    control_unique: float = CHINCHILLA_TPP
+
+    def __post_init__(self) -> None:
+        if self.control in ("none", ""):
+            self.control = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.control:  # a study without a control reads as it did before the option existed
+            del data["control"], data["control_unique"]
+        return data
+
+    @property
+    def copies(self) -> int:
+        """Trunks (each with its branches) per N: the main one, and the control's."""
+        return 2 if self.control else 1
+
+    def check_control(self) -> None:
+        if self.control not in CONTROLS:
+            raise UserError(f"unknown control {self.control!r}; choose one of {', '.join(CONTROLS[1:])} "
+                            "(or none)")
+        if self.control and not (0 < self.control_unique < math.inf):
+            raise UserError(f"--control-unique must be a positive number of tokens/param, got {self.control_unique}")
+
+
+CONTROLS = (None, "repeat")
 
 
 PRESETS: dict[str, dict] = {
@@ -76,7 +107,7 @@ PRESETS: dict[str, dict] = {
     "default": dict(sizes=["1e4", "3e4", "1e5"], budget="10m", max_doublings=6, seq_len=256, eval_tokens=65536),
     # about an hour on one GPU
     "gpu": dict(sizes=["1e6", "3e6", "1e7"], budget="1h", max_doublings=6, seq_len=512, eval_tokens=262144,
-                device="cuda", workers=4, compile=True),
+                device="cuda", workers=4, compile=True, control="repeat"),
 }
 
 
@@ -192,15 +223,15 @@ class Grid:
     def estimate_seconds(self) -> float | None:
         if any(s.tokens_per_s is None for s in self.sizes):
             return None
-        return _makespan(self.sizes, self.config.workers)
+        return _makespan(self.sizes, self.config.workers, self.config.copies)
 
     @property
     def total_flops(self) -> float:
-        return sum(s.work_steps * s.batch_tokens * s.flops_per_token for s in self.sizes)
+        return self.config.copies * sum(s.work_steps * s.batch_tokens * s.flops_per_token for s in self.sizes)
 
     @property
     def separate_runs_flops(self) -> float:
-        return sum(s.separate_runs_steps * s.batch_tokens * s.flops_per_token for s in self.sizes)
+        return self.config.copies * sum(s.separate_runs_steps * s.batch_tokens * s.flops_per_token for s in self.sizes)
 
     @property
     def max_epochs(self) -> float:
@@ -208,10 +239,16 @@ class Grid:
         return max(max(m.end_step for m in s.milestones) * s.batch_tokens for s in self.sizes) / self.unique_train_tokens
 
 
-def _makespan(sizes: list[SizePlan], workers: int) -> float:
+def _makespan(sizes: list[SizePlan], workers: int, copies: int = 1) -> float:
+    """copies: trunks per N (a control trunk runs beside the main one, as long)."""
     chain = max(s.chain_steps * s.batch_tokens / s.tokens_per_s for s in sizes)
-    work = sum(s.work_steps * s.batch_tokens / s.tokens_per_s for s in sizes)
+    work = copies * sum(s.work_steps * s.batch_tokens / s.tokens_per_s for s in sizes)
     return max(chain, work / max(1, workers))
+
+
+def control_tokens(cfg: StudyConfig, size: SizePlan) -> int:
+    """D0: the unique train tokens of the control trunk of this N."""
+    return int(round(cfg.control_unique * size.n))
 
 
 def resolve_size(text: str, vocab_size: int) -> ModelConfig:
@@ -322,6 +359,7 @@ def plan_grid(cfg: StudyConfig, corpus: PreparedCorpus, *, probe: bool = True) -
         raise UserError(f"min_tpp must lie in (0, 20], got {cfg.min_tpp}")
     if cfg.milestones_per_doubling < 1:
         raise UserError(f"milestones_per_doubling must be at least 1, got {cfg.milestones_per_doubling}")
+    cfg.check_control()
     budget = parse_budget(cfg.budget)
     labels = _distinct_sizes(cfg.sizes, corpus.vocab_size)
     # every size starts at the 20:1 milestone, the least a data-scaling study should reach
@@ -335,9 +373,9 @@ def plan_grid(cfg: StudyConfig, corpus: PreparedCorpus, *, probe: bool = True) -
     def fits(candidate: dict[str, SizePlan]) -> bool:
         sizes = list(candidate.values())
         if budget.flops is not None:
-            return sum(s.work_steps * s.batch_tokens * s.flops_per_token for s in sizes) <= budget.flops
+            return cfg.copies * sum(s.work_steps * s.batch_tokens * s.flops_per_token for s in sizes) <= budget.flops
         if budget.seconds is not None and all(s.tokens_per_s for s in sizes):
-            return _makespan(sizes, cfg.workers) <= budget.seconds
+            return _makespan(sizes, cfg.workers, cfg.copies) <= budget.seconds
         return True
 
     # Greedy: extend the N that has gone least far past 20:1 (the cheaper on ties) while the

@@ -8,6 +8,11 @@ Scheduling: trunks first, longest first (a trunk is the one sequential chain of 
 branches as soon as the trunk has written the snapshot they start from, longest first.
 Finished runs are skipped (their directories hold DONE), so rerunning a study after an
 interruption resumes it without redoing any point.
+
+A study with a control has, per N, a control trunk (run kind "control-trunk") and its branches
+("control-branch"): the same plans restricted to the first D0 unique train tokens
+(`RunPlan.max_unique_tokens`). Their own kinds keep them out of the study's points, the store's
+default fits and everything that reads a study's trunks and branches.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pathlib import Path
 from scalinglab.backends import BackendSpec, job_resources, open_backend
 from scalinglab.config import ModelSpec, OptimConfig, RunConfig, TrainConfig
 from scalinglab.corpus.prepare import PreparedCorpus
-from scalinglab.study.grid import Grid, SizePlan
+from scalinglab.study.grid import Grid, SizePlan, control_tokens
+from scalinglab.train.checkpoint import remove_checkpoint
 from scalinglab.train.loop import RunPlan
 from scalinglab.train.rundir import read_marker
 from scalinglab.train.schedules import Schedule
@@ -31,7 +37,7 @@ MAX_ATTEMPTS = 3  # a task whose worker dies this often is given up (and reporte
 @dataclass
 class Task:
     key: str
-    kind: str  # trunk | branch
+    kind: str  # trunk | branch (a control's too; `control` tells them apart)
     plan: RunPlan
     out_dir: Path
     size: str
@@ -40,6 +46,7 @@ class Task:
     attempts: int = 0
     status: str = "pending"  # pending | running | done | diverged | skipped | failed
     message: str = ""
+    control: bool = False
 
     @property
     def steps(self) -> int:
@@ -50,6 +57,10 @@ class Task:
 class StudyRuns:
     tasks: list[Task]
     trunks: dict[str, Task] = field(default_factory=dict)
+    controls: dict[str, Task] = field(default_factory=dict)  # the control trunk of each size
+
+    def trunk_of(self, task: Task) -> Task:
+        return (self.controls if task.control else self.trunks)[task.size]
 
 
 def run_config(grid: Grid, size: SizePlan, tokens: float, schedule: str) -> RunConfig:
@@ -68,40 +79,60 @@ def run_config(grid: Grid, size: SizePlan, tokens: float, schedule: str) -> RunC
 
 
 def build_tasks(grid: Grid, study_id: str, study_dir: Path) -> StudyRuns:
-    """One trunk task per N and one branch task per milestone, with their run plans."""
+    """One trunk task per N and one branch task per milestone, with their run plans; with a
+    control, the same again per N on the control's unique tokens."""
     runs = StudyRuns(tasks=[])
     for size in grid.sizes:
-        starts = sorted({m.start_step for m in size.milestones})
-        trunk_plan = RunPlan(
-            config=run_config(grid, size, size.trunk_steps * size.batch_tokens, "constant"),
-            model=size.model, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
-            schedule=Schedule("constant", total_steps=size.trunk_steps, warmup_steps=size.warmup),
-            eval_steps=starts, kind="trunk", name=f"{study_id}/N{size.n}/trunk", group=study_id,
-            snapshot_steps=starts, extra={"study": study_id, "size": size.label}, corpus_key=grid.corpus_key,
-        )
-        trunk_dir = study_dir / "runs" / trunk_plan.run_id
-        trunk = Task(key=trunk_plan.run_id, kind="trunk", plan=trunk_plan, out_dir=trunk_dir, size=size.label)
-        runs.tasks.append(trunk)
+        trunk = _add_size(runs, grid, size, study_id, study_dir, unique=None)
         runs.trunks[size.label] = trunk
-        for m in size.milestones:
-            branch_plan = RunPlan(
-                config=run_config(grid, size, m.end_step * size.batch_tokens, "wsd"),
-                model=size.model, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
-                schedule=Schedule("wsd", total_steps=m.end_step, warmup_steps=size.warmup, decay_start=m.start_step,
-                                  shape=grid.config.cooldown_shape),
-                eval_steps=[m.end_step], kind="branch", name=f"{study_id}/N{size.n}/D{m.tpp:.3g}tpp", group=study_id,
-                parent_run=trunk_plan.run_id, init_from=str(trunk_dir / f"snap-{m.start_step}.pt"),
-                extra={"study": study_id, "size": size.label, "tpp": m.tpp, "init_from_step": m.start_step,
-                       "branch_start_tokens": m.start_step * size.batch_tokens,
-                       "milestone_tokens": m.end_step * size.batch_tokens, "trunk": trunk_plan.run_id},
-                corpus_key=grid.corpus_key,
-            )
-            runs.tasks.append(Task(
-                key=branch_plan.run_id, kind="branch", plan=branch_plan,
-                out_dir=study_dir / "runs" / branch_plan.run_id, size=size.label,
-                needs=trunk_dir / f"snap-{m.start_step}.pt", needs_step=m.start_step,
-            ))
+        if grid.config.control:
+            runs.controls[size.label] = _add_size(runs, grid, size, study_id, study_dir,
+                                                  unique=control_tokens(grid.config, size))
     return runs
+
+
+def _add_size(runs: StudyRuns, grid: Grid, size: SizePlan, study_id: str, study_dir: Path,
+              unique: int | None) -> Task:
+    """A trunk and its branches for one N (a control's when `unique` caps the train tokens);
+    returns the trunk."""
+    control = unique is not None
+    prefix = "control-" if control else ""
+    extra = {"study": study_id, "size": size.label}
+    if control:
+        extra |= {"control": grid.config.control, "control_unique_tokens": unique,
+                  "control_unique_tpp": grid.config.control_unique}
+    starts = sorted({m.start_step for m in size.milestones})
+    trunk_plan = RunPlan(
+        config=run_config(grid, size, size.trunk_steps * size.batch_tokens, "constant"),
+        model=size.model, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
+        schedule=Schedule("constant", total_steps=size.trunk_steps, warmup_steps=size.warmup),
+        eval_steps=starts, kind=f"{prefix}trunk", name=f"{study_id}/N{size.n}/{prefix}trunk", group=study_id,
+        snapshot_steps=starts, max_unique_tokens=unique, extra=dict(extra), corpus_key=grid.corpus_key,
+    )
+    trunk_dir = study_dir / "runs" / trunk_plan.run_id
+    trunk = Task(key=trunk_plan.run_id, kind="trunk", plan=trunk_plan, out_dir=trunk_dir, size=size.label,
+                 control=control)
+    runs.tasks.append(trunk)
+    for m in size.milestones:
+        branch_plan = RunPlan(
+            config=run_config(grid, size, m.end_step * size.batch_tokens, "wsd"),
+            model=size.model, batch_size=size.batch_size, seq_len=size.seq_len, lr=size.lr,
+            schedule=Schedule("wsd", total_steps=m.end_step, warmup_steps=size.warmup, decay_start=m.start_step,
+                              shape=grid.config.cooldown_shape),
+            eval_steps=[m.end_step], kind=f"{prefix}branch", name=f"{study_id}/N{size.n}/{prefix}D{m.tpp:.3g}tpp",
+            group=study_id, parent_run=trunk_plan.run_id, init_from=str(trunk_dir / f"snap-{m.start_step}.pt"),
+            max_unique_tokens=unique,
+            extra={**extra, "tpp": m.tpp, "init_from_step": m.start_step,
+                   "branch_start_tokens": m.start_step * size.batch_tokens,
+                   "milestone_tokens": m.end_step * size.batch_tokens, "trunk": trunk_plan.run_id},
+            corpus_key=grid.corpus_key,
+        )
+        runs.tasks.append(Task(
+            key=branch_plan.run_id, kind="branch", plan=branch_plan,
+            out_dir=study_dir / "runs" / branch_plan.run_id, size=size.label,
+            needs=trunk_dir / f"snap-{m.start_step}.pt", needs_step=m.start_step, control=control,
+        ))
+    return trunk
 
 
 # --- one task in a worker ---------------------------------------------------------------------
@@ -233,7 +264,7 @@ def drop_used_snapshots(runs: StudyRuns, store) -> list[Path]:
     gone = []
     for path in {t.needs for t in runs.tasks if t.needs is not None} - needed:
         if path.exists():
-            path.unlink()
+            remove_checkpoint(path)  # the .pt and its safetensors weights
             store.drop_artifact(path)
             gone.append(path)
     return gone
@@ -244,7 +275,7 @@ def _skip_orphans(runs: StudyRuns) -> None:
     for task in runs.tasks:
         if task.kind != "branch" or task.status != "pending" or task.needs is None or task.needs.exists():
             continue
-        trunk = runs.trunks[task.size]
+        trunk = runs.trunk_of(task)
         if trunk.status == "done" and trunk.plan.total_steps >= task.needs_step:
             task.status, task.message = "skipped", (f"its trunk's snapshot {task.needs.name} was deleted; remove "
                                                     f"{trunk.out_dir} to retrain the trunk, or keep snapshots with "

@@ -52,7 +52,7 @@ class RunPlan:
     lr: float
     schedule: Schedule
     eval_steps: list[int]
-    kind: str = "train"  # train | trunk | branch | cosine | probe:...
+    kind: str = "train"  # train | trunk | branch | control-trunk | control-branch | cosine | probe:...
     name: str | None = None
     group: str | None = None
     parent_run: str | None = None
@@ -74,7 +74,7 @@ class RunPlan:
     def extendable(self) -> bool:
         """A trunk (constant LR after warmup) is the same run whatever its length, so a longer
         study continues it instead of starting again."""
-        return self.kind == "trunk" and self.schedule.kind == "constant"
+        return self.kind in ("trunk", "control-trunk") and self.schedule.kind == "constant"
 
     def resolved(self) -> dict:
         """The resolved config: what identifies the run and what `--resume` compares."""
@@ -100,8 +100,12 @@ class RunPlan:
         else:
             train |= {"total_steps": self.total_steps, "tokens": self.total_steps * self.batch_tokens,
                       "eval_steps": self.eval_steps}
+        corpus = self.config.to_dict()["corpus"]
+        for name, default in (("split", "train"), ("max_bytes", None)):  # data-set settings, added later
+            if corpus.get(name) == default:
+                del corpus[name]
         return {
-            "corpus": self.config.to_dict()["corpus"],
+            "corpus": corpus,
             "model": self.model.to_dict(),
             "train": train,
             "kind": self.kind,
