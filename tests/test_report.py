@@ -22,11 +22,13 @@ TITLES = ["The answer at a glance", "Data scaling at fixed N", "The laws", "Comp
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """The smoke study on the embedded default corpus, run as a user runs it; it writes its report."""
+    """The smoke study on the embedded default corpus with its repeated-data control, run as a
+    user runs it; it writes its report."""
     root = tmp_path_factory.mktemp("report")
     env = {**os.environ, "SCALINGLAB_CACHE": str(tmp_path_factory.getbasetemp() / "corpus-cache"),
            "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, "-m", "scalinglab", "study", "--preset", "smoke", "--workers", "2"],
+    done = subprocess.run([sys.executable, "-m", "scalinglab", "study", "--preset", "smoke", "--workers", "2",
+                           "--control", "repeat"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     study_dir = next((root / "study").glob("smoke-*"))
@@ -214,3 +216,18 @@ def test_the_compression_section_quotes_what_compress_vs_data_stored(smoke, run_
     # the glance's second answer now compares with the classical coder instead of "not measured yet"
     glance = json.loads((tmp_path / "r" / "report.json").read_text())["sections"]["glance"]["readings"][1]
     assert numbers["baseline"] in glance and "not measured yet" not in glance
+
+
+def test_the_report_splits_each_gain_into_new_data_and_more_steps_as_the_study_does(smoke):
+    csv = pd.read_csv(smoke["dir"] / "study.csv")
+    sizes = _numbers(smoke)["sections"]["scaling"]["numbers"]["sizes"]
+    page = smoke["page"].read_text()
+    for n, group in csv.groupby("N"):
+        row = sizes[str(n)]
+        group = group.sort_values("D").set_index("tokens_per_param", drop=False)
+        anchor, last = group.loc[row["control_anchor_tpp"]], group.iloc[-1]
+        # from new data = the unique-data gain (control - main, in study.csv) at the largest D minus at the anchor
+        assert row["gain_from_new_data"] == pytest.approx(last["unique_data_gain"] - anchor["unique_data_gain"], abs=1e-12)
+        assert row["gain_from_steps"] == pytest.approx(anchor["control_val_loss"] - last["control_val_loss"], abs=1e-12)
+        assert f"{num(row['gain_from_new_data'])} ({num(100 * row['gain_from_new_data'] / row['control_gain'])}%) from new data" in page
+    assert "credits" in _numbers(smoke)["sections"]["glance"]["readings"][0]

@@ -18,7 +18,17 @@ from scalinglab.fmt import human
 from scalinglab.probes.capacity import ANCHOR_BITS_PER_PARAM as CAPACITY_ANCHOR
 from scalinglab.report.document import Section, Table, clean, interval, num, provenance, size_label, svg_figure
 from scalinglab.store import Store
-from scalinglab.study.analysis import FIT_FROM_TPP, DataFit, fit_per_n, study_points, trunk_points
+from scalinglab.study.analysis import (
+    FIT_FROM_TPP,
+    DataFit,
+    control_points,
+    control_split,
+    fit_per_n,
+    mark_plateau,
+    study_points,
+    trunk_points,
+    with_control,
+)
 
 STUDY_COMMAND = "scalinglab study"
 NATS_PER_BIT = float(np.log(2.0))
@@ -32,6 +42,7 @@ class StudyData:
     fits: list[DataFit]
     runs: list[dict]  # the study's trunks and branches as stored
     fit_from_tpp: float = FIT_FROM_TPP
+    control_tpp: float | None = None  # the repeated-data control's D0 in tokens/param (None: no control)
 
     @property
     def folder(self) -> Path | None:
@@ -66,11 +77,25 @@ def load_study(store: Store, study_id: str | None, bootstrap: int = 400,
     elif study_id not in known:
         listing = ", ".join(known) if known else "none"
         raise UserError(f"no study {study_id!r} in {store.path} (studies there: {listing}); pass one of them to --study")
-    points = study_points(store.path, study_id)
-    fits = fit_per_n(points, bootstrap=bootstrap, from_tpp=fit_from_tpp) if len(points) else []
+    points, fit_plateau, control_tpp = study_record(store, study_id)
+    fits = fit_per_n(points, bootstrap=bootstrap, from_tpp=fit_from_tpp, exclude_plateau=not fit_plateau) if len(points) else []
     runs = [r for r in store.runs(group=study_id) if r["kind"] in ("trunk", "branch")]
     return StudyData(study_id=study_id, points=points, trunk=trunk_points(store.path, study_id), fits=fits, runs=runs,
-                     fit_from_tpp=fit_from_tpp)
+                     fit_from_tpp=fit_from_tpp, control_tpp=control_tpp)
+
+
+def study_record(store: Store, study_id: str) -> tuple[pd.DataFrame, bool, float | None]:
+    """The study's points as `study.analyse` made them (with its control's columns and the
+    unigram-plateau flag, from what it stored), whether its fits kept plateau points, and the
+    control's D0 in tokens/param (None without a control)."""
+    points = study_points(store.path, study_id)
+    record = store.get_result("study", study_id) or {}  # studies analysed before it was stored: neither
+    control_tpp = record.get("control_unique") if record.get("control") else None
+    if control_tpp is not None:
+        points = with_control(points, control_points(store.path, study_id, set(record.get("control_runs") or []) or None))
+    if record.get("unigram_entropy") is not None:
+        points = mark_plateau(points, float(record["unigram_entropy"]))
+    return points, bool(record.get("fit_plateau")), control_tpp
 
 
 # --- per-N numbers ---------------------------------------------------------------------------------
@@ -89,6 +114,10 @@ def size_numbers(study: StudyData) -> dict[int, dict]:
             "drop": float(at20["val_loss"] - last["val_loss"]), "gap_at_max": float(last["gap"]),
             "gap_at_20": float(at20["gap"]), "epoch_at_max": float(last["epoch"]),
         }
+        if study.control_tpp is not None and "control_val_loss" in group.columns:
+            split = control_split(group, study.control_tpp)
+            if np.isfinite(split["control_gain"]):
+                row.update(split)
         fit = fit_by_n.get(n)
         if fit is not None:
             D = row["max_D"]
@@ -111,6 +140,15 @@ def reading_for_size(row: dict) -> str:
     return text + "."
 
 
+def control_reading(row: dict, control_tpp: float) -> str:
+    gain = row["control_gain"]
+    share = row["gain_from_new_data"] / gain if gain > 0 else float("nan")
+    return (f"More data or more steps, at {size_label(row['N'])}: from {num(row['control_anchor_tpp'])} to "
+            f"{num(row['control_max_tpp'])} tokens/param the loss fell {num(gain)} nats, {num(row['gain_from_new_data'])} "
+            f"({num(100 * share)}%) from new data and {num(row['gain_from_steps'])} from more steps on the same "
+            f"{num(control_tpp)} tokens/param ({num(row['control_epochs_at_max'])} epochs of it by the largest D).")
+
+
 # --- section 2: data scaling ------------------------------------------------------------------------
 
 def scaling_section(study: StudyData | None) -> Section:
@@ -123,6 +161,15 @@ def scaling_section(study: StudyData | None) -> Section:
         return section
     rows = size_numbers(study)
     section.readings = [reading_for_size(r) for r in rows.values()]
+    section.readings += [control_reading(r, study.control_tpp) for r in rows.values() if "control_gain" in r]
+    if "plateau" in study.points.columns and study.points["plateau"].any():
+        flagged = study.points[study.points["plateau"].astype(bool)]
+        section.readings.append(
+            "On the unigram plateau (val loss within 0.1 nats of the train split's unigram entropy), left out of the fits: "
+            + ", ".join(f"{size_label(n)} at {num(t)} tokens/param" for n, t in zip(flagged["N"], flagged["tokens_per_param"])) + ".")
+    elif study.control_tpp is None:
+        section.readings.append("More data or only more steps? Not measured: `scalinglab study --control repeat` trains each "
+                                "size again on a fixed unique subset for the same steps.")
     gaps = [r["gap_at_max"] for r in rows.values()]
     section.readings.append(
         f"The train−val gap at the largest D is {num(min(gaps))} to {num(max(gaps))} nats across sizes "
@@ -192,6 +239,11 @@ def question_one(rows: dict[int, dict]) -> str:
             for r in gains) + " from one more doubling of D: the gains shrink but have not stopped.")
     else:
         text += " Too few points past 20 tokens/param to fit how fast it slows."
+    split = [r for r in rows.values() if "control_gain" in r and r["control_gain"] > 0]
+    if split:
+        shares = [100 * r["gain_from_new_data"] / r["control_gain"] for r in split]
+        text += (f" A repeated-data control (the same steps on a fixed unique subset) credits {num(min(shares))}% to "
+                 f"{num(max(shares))}% of the gain to new data and the rest to more optimizer steps.")
     return head + text
 
 

@@ -236,6 +236,12 @@ def analyse(study: PreparedStudy, bootstrap: int = 400, fit_from_tpp: float = FI
     points.to_csv(csv, index=False)
     figures = draw_all(points, trunk, fits, study.study_dir / "figures") if len(points) else []
     store = open_store(study.db)
+    # what a reader of the store needs to rebuild these numbers (the report does)
+    store.put_result("study", study.study_id, {
+        "study": study.study_id, "unigram_entropy": entropy, "fit_from_tokens_per_param": fit_from_tpp,
+        "fit_plateau": fit_plateau, "control": cfg.control, "control_unique": cfg.control_unique if cfg.control else None,
+        "control_runs": sorted(planned) if cfg.control else [],
+    })
     for fit in fits:
         store.put_result("study-fit", f"{study.study_id}/N{fit.N}", {
             "study": study.study_id, "N": fit.N, "n_points": fit.n_points, "form": "L(D) = E + B/D^beta",
