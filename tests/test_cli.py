@@ -153,3 +153,27 @@ def test_the_study_table_reports_the_gain_as_the_drop_its_footnote_names(capsys)
     out = capsys.readouterr().out
     assert "0.8500" in out and "-0.8500" not in out and "0.0700" in out and "-0.0700" not in out
     assert "how much the loss fell between them (positive: it improved)" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("width", [60, 80, 200])
+def test_tables_never_cut_a_cell_at_any_width(width, capsys):
+    import importlib
+
+    from rich.console import Console
+
+    cli_app = importlib.import_module("scalinglab.cli.app")  # the module, not the typer app it defines
+
+    headers = ["N", "β [95%]", "E [95%]", "L at 20", "milestones (tokens/param)", "run"]
+    rows = [["12,384", "0.422 [0.154, 0.786]", "1.301 (no interval)", "2.4509", "5 7.07 10 14.1 20 28.3 40 56.6 80",
+             "branch-06875969f500"]] * 3
+    cli_app.console = Console(width=width, markup=False, highlight=False, soft_wrap=True)
+    try:
+        cli_app.print_table(headers, rows, title="per N")
+    finally:
+        cli_app.console = Console(markup=False, highlight=False, soft_wrap=True)
+    out = capsys.readouterr().out
+    assert "…" not in out
+    # every word of every cell is there whole, whatever the layout
+    for word in {w for row in rows for cell in row for w in cell.split()}:
+        assert word in out, word
+    assert ("┃" in out) == (width >= 80)  # a table where it fits, one block per row where it does not

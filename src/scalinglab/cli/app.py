@@ -66,3 +66,27 @@ def parse_number(text: str, name: str) -> float:
         return float(s) * scale
     except ValueError:
         raise UserError(f"{name}: cannot read {text!r} as a number (examples: 2e6, 1.5M, 300k)") from None
+
+
+def print_table(headers: list[str], rows: list[list[str]], title: str | None = None) -> None:
+    """A table that never cuts a cell: as a table when every word of every cell fits the
+    terminal (cells wrap between words), otherwise one block per row, its first cell as the block's head and
+    the other cells as `header: value` pairs, which wrap as text in a narrow terminal or a log."""
+    from rich.table import Table
+
+    def least(header: str, i: int) -> int:  # the narrowest the column can be without cutting a word
+        return max(len(w) for text in [header, *(r[i] for r in rows)] for w in (text.split() or [""]))
+
+    need = sum(least(h, i) for i, h in enumerate(headers)) + 3 * len(headers) + 1
+    if need <= console.width:
+        table = Table(title=title)
+        for i, header in enumerate(headers):
+            table.add_column(header, overflow="fold", min_width=least(header, i))
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        return
+    if title:
+        console.print(title)
+    for head, *rest in rows:
+        console.print(f"{headers[0]} {head}: " + "; ".join(f"{h} {v}" for h, v in zip(headers[1:], rest) if v != ""))

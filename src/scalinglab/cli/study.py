@@ -17,6 +17,7 @@ from scalinglab.cli.app import (
     backend_spec,
     console,
     err_console,
+    print_table,
 )
 from scalinglab.cli.train import (
     CORPUS_HELP,
@@ -32,22 +33,20 @@ from scalinglab.fmt import human
 
 
 def print_grid(study) -> None:
-    from rich.table import Table
-
-    grid = study.grid
     from scalinglab.study.grid import peak_memory
 
-    table = Table("N (non-emb)", "shape", "batch", "lr", "warmup", "milestones (tokens/param)", "largest D",
-                  "est. tok/s", "memory/run", title=f"study {study.study_id}: budget {grid.budget.describe()}, "
-                  f"{study.config.workers} workers, cooldown {study.config.cooldown_frac:.0%} {study.config.cooldown_shape}")
+    grid = study.grid
+    rows = []
     for s in grid.sizes:
         largest = max(m.end_step for m in s.milestones) * s.batch_tokens
-        table.add_row(
+        rows.append([
             f"{s.n:,}", f"{s.model.n_layer}x{s.model.d_model}", f"{s.batch_size}x{s.seq_len}", f"{s.lr:.2e}",
             str(s.warmup), " ".join(f"{m.tpp:.3g}" for m in s.milestones), human(largest),
             human(s.tokens_per_s) if s.tokens_per_s else "-", f"{peak_memory(study.config, s).total / 2**20:,.0f} MiB",
-        )
-    console.print(table)
+        ])
+    print_table(["N (non-emb)", "shape", "batch", "lr", "warmup", "milestones (tokens/param)", "largest D", "est. tok/s",
+                 "memory/run"], rows, title=f"study {study.study_id}: budget {grid.budget.describe()}, "
+                f"{study.config.workers} workers, cooldown {study.config.cooldown_frac:.0%} {study.config.cooldown_shape}")
     estimate = grid.estimate_seconds()
     saving = grid.total_flops / grid.separate_runs_flops
     console.print(
@@ -215,7 +214,6 @@ def _given(config: Path | None, sets: list[str]) -> set[str]:
 
 
 def print_results(result) -> None:
-    from rich.table import Table
 
     points = result.points
     control = "control_val_loss" in points.columns
@@ -223,7 +221,7 @@ def print_results(result) -> None:
     headers = ["N", "D", "tokens/param", "val loss", "val bpb", "train-val gap", "epochs"]
     if control:
         headers += ["control loss", "control epochs", "unique-data gain"]
-    table = Table(*headers)
+    table = []
     for row in points.itertuples():
         mark = " *" if plateau and row.plateau else ""
         cells = [f"{row.N:,}", human(row.D), f"{row.tokens_per_param:.3g}", f"{row.val_loss:.4f}{mark}",
@@ -232,8 +230,8 @@ def print_results(result) -> None:
             done = row.control_val_loss == row.control_val_loss  # NaN: the control's branch has not finished
             cells += [f"{row.control_val_loss:.4f}" if done else "-", f"{row.control_epoch:.2f}" if done else "-",
                       f"{row.unique_data_gain:+.4f}" if done else "-"]
-        table.add_row(*cells)
-    console.print(table)
+        table.append(cells)
+    print_table(headers, table)
     if plateau:
         how = ("kept in the fits (--fit-plateau)" if result.fit_plateau
                else "left out of the fits (--fit-plateau keeps them)")
@@ -246,19 +244,19 @@ def print_results(result) -> None:
                       "the new data helped at equal steps)")
     if not len(result.summary):
         return
-    fits = Table("N", "β [95%]", "E [95%]", "L at 20", "L at max", "max D/N", "gain", "next 2x",
-                 title="does the loss keep improving at fixed N? L(D) = E + B/D^β per N")
+    fits = []
     floorless = []
     for row in result.summary.itertuples():
-        beta = _with_interval(row.beta) if row.beta else f"- (< 4 points past {result.fit_from_tpp:g}/param)"
+        beta = _with_interval(row.beta) if row.beta else "no fit (< 4 points)"
         e = _with_interval(row.E) if row.E else "-"
         if row.E and row.E[0] < 1e-6:  # the fit put the floor at its bound: the curve shows none yet
             e, floorless = "0 (bound)", floorless + [f"{row.N:,}"]
         nxt = "-" if row.next_doubling_gain is None or row.next_doubling_gain != row.next_doubling_gain else \
             f"{row.next_doubling_gain:.4f}"  # None or NaN: no fit
-        fits.add_row(f"{row.N:,}", beta, e, f"{row.loss_at_20:.4f}", f"{row.loss_at_max:.4f}",
-                     f"{row.max_tokens_per_param:.0f}", f"{row.improvement_past_20:.4f}", nxt)
-    console.print(fits)
+        fits.append([f"{row.N:,}", beta, e, f"{row.loss_at_20:.4f}", f"{row.loss_at_max:.4f}",
+                     f"{row.max_tokens_per_param:.0f}", f"{row.improvement_past_20:.4f}", nxt])
+    print_table(["N", "β [95%]", "E [95%]", "L at 20", "L at max", "max D/N", "gain", "next 2x"], fits,
+                title="does the loss keep improving at fixed N? L(D) = E + B/D^β per N")
     console.print("L at 20 / L at max: val loss (nats/token) at 20 tokens/param and at the largest D; gain: how "
                   "much the loss fell between them (positive: it improved); next 2x: how much the fit predicts it "
                   "falls from doubling the largest D once more")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_number
+from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_number, print_table
 from scalinglab.errors import UserError
 
 LOG_HELP = ("Also send every evaluation to tensorboard, wandb (offline) or both (tensorboard,wandb): an event "
@@ -174,7 +174,6 @@ def train(
 def runs(db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store."),
          group: Optional[str] = typer.Option(None, help="Only runs of this study/probe group.")) -> None:
     """List the runs in the results store, oldest first."""
-    from rich.table import Table
 
     from scalinglab.fmt import human
     from scalinglab.store import open_store
@@ -189,18 +188,8 @@ def runs(db: Path = typer.Option(DEFAULT_DB, "--db", help="Results store."),
         n, tokens = run["n_nonembedding"] or 0, last.get("tokens") or 0
         rows.append((run["run_id"], run["kind"], run["status"], human(n), f"{tokens / n:,.1f}" if n else "-",
                      _num(last.get("val_loss")), run["group_name"] or ""))
-    headers = ("run", "kind", "status", "N", "tokens/N", "val loss", "group")
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    if sum(widths) + 3 * len(widths) + 1 <= console.width:
-        table = Table(*headers)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
-        return
-    # too narrow for a table of whole run ids (what other commands take): one run per block
-    for run_id, *rest in rows:
-        console.print(run_id, highlight=False)
-        console.print("  " + "  ".join(f"{h} {v}" for h, v in zip(headers[1:], rest) if v), highlight=False)
+    # whole run ids (what other commands take), as a table or, too narrow for one, a block per run
+    print_table(["run", "kind", "status", "N", "tokens/N", "val loss", "group"], [list(r) for r in rows])
 
 
 def _num(value) -> str:
