@@ -20,6 +20,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "corpus-cache"
     monkeypatch.setenv("SCALINGLAB_CACHE", str(cache))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    # `--log` (an in-process CLI call) sends later runs of the process to its sinks: restore it
+    monkeypatch.setenv("SCALINGLAB_LOG", "")
     import torch
 
     torch.set_num_threads(1)

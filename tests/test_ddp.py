@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from scalinglab.train.checkpoint import load_checkpoint
 from scalinglab.train.engine import read_loss_log, read_metrics
 from scalinglab.train.rundir import read_marker
 
@@ -63,7 +64,7 @@ def two_rank_runs(text_corpus, tmp_path_factory, env) -> tuple[Path, Path]:
 
 
 def _weights(out: Path) -> dict:
-    return torch.load(out / "last.pt", weights_only=True)["model"]
+    return load_checkpoint(out / "last.pt")["model"]  # the weights from its safetensors file
 
 
 def _metrics(out: Path) -> list[dict]:

@@ -89,6 +89,22 @@ def test_cli_log_tensorboard_and_wandb_offline(text_corpus, tmp_path, run_cli):
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
 
 
+def test_a_wandb_sink_that_cannot_start_does_not_stop_the_run(text_corpus, tmp_path, monkeypatch, capsys):
+    """A run killed with -9 can leave W&B's service holding the run; the resumed run must go on."""
+    wandb = pytest.importorskip("wandb")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("run ID is in use")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    monkeypatch.setenv(LOG_ENV, "wandb")
+    cfg = tiny_config(text_corpus, eval_points=2)
+    corpus = prepare_corpus(cfg.corpus)
+    result = train_run(plan_run(cfg, corpus), corpus, open_store(tmp_path / "s.db"), tmp_path / "run")
+    assert result.status == "done" and len(open_store(tmp_path / "s.db").points(result.run_id)) == 2
+    assert "W&B could not start" in capsys.readouterr().err
+
+
 def test_log_refuses_an_unknown_sink_and_a_missing_extra_in_one_line(text_corpus, tmp_path, run_cli, monkeypatch):
     code, _, err = run_cli("train", "--corpus", text_corpus, "--db", tmp_path / "s.db", "--log", "tensorbored")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "tensorbored" in err

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from scalinglab.backends import BackendSpec, Resources
 from scalinglab.backends.journal import JOURNAL_ENV, JournalReader
 from scalinglab.errors import UserError
+from scalinglab.train.sinks import LOG_ENV
 
 OBJECT_STORE_BYTES = 100 * 2**20  # a private cluster moves small job descriptions only
 
@@ -37,6 +38,8 @@ class RayBackend:
         self.journals = work_dir / "journal"
         self.reader = JournalReader(self.journals)
         env = {JOURNAL_ENV: str(self.journals), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        if os.environ.get(LOG_ENV):  # `--log`: the sinks go with the runs to every node
+            env[LOG_ENV] = os.environ[LOG_ENV]
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = spec.address or os.environ.get("RAY_ADDRESS")
         self.owns_cluster = False

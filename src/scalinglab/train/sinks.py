@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -145,14 +144,26 @@ class _Wandb:
         except ImportError:
             raise UserError("--log wandb needs W&B, which is not installed; install it with: "
                             "pip install 'scalinglab[wandb]'") from None
-        self.run = wandb.init(mode="offline", dir=str(out_dir), project="scalinglab", name=name or run_id,
-                              group=group, id=re.sub(r"[^A-Za-z0-9_-]", "-", run_id)[:64], config=config or {},
-                              reinit="create_new", settings=wandb.Settings(console="off", silent=True))
+        # No fixed W&B id: a run killed with -9 can leave W&B's service holding its id, and the
+        # resumed process would be refused. Each process of a run is its own W&B run, named after it.
+        try:
+            self.run = wandb.init(mode="offline", dir=str(out_dir), project="scalinglab", name=name or run_id,
+                                  group=group, config=config or {}, reinit="create_new",
+                                  settings=wandb.Settings(console="off", silent=True))
+        except Exception as exc:  # the store is the record: a sink that cannot start must not stop the run
+            import sys
+
+            print(f"warning: W&B could not start for {run_id} ({type(exc).__name__}: {exc}); "
+                  "training goes on, the results store has every point", file=sys.stderr)
+            self.run = None
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        self.run.log(values, step=step)
+        if self.run is not None:
+            self.run.log(values, step=step)
 
     def flush(self) -> None: ...
 
     def close(self) -> None:
-        self.run.finish()
+        if self.run is not None:
+            self.run.finish()
+
