@@ -59,3 +59,19 @@ def test_study_fit_lines_stop_at_the_data_and_the_doubling_ahead_is_dashed():
     assert max(solid[0].get_xdata()) <= D.max() * 1.0001  # the fit over its data only
     assert min(dashed[0].get_xdata()) >= D.max() * 0.9999 and max(dashed[0].get_xdata()) <= 2 * D.max() * 1.0001
     pyplot().close(fig)
+
+
+def test_every_saved_figure_gets_plain_log_ticks_and_says_what_a_log_axis_hid(tmp_path):
+    from scalinglab.report.figures import finish
+
+    plt = pyplot()
+    fig, ax = plt.subplots()
+    ax.plot([1e3, 1e4, 1e5, 1e6], [0.5, -0.1, 0.2, 0.0])  # two values a log axis cannot show
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    finish(fig)
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert labels and all("$" not in t for t in labels) and "10k" in labels
+    assert any("2 point(s) <= 0 not drawn" in t.get_text() for t in ax.texts)
+    plt.close(fig)

@@ -57,11 +57,12 @@ class Section:
 def svg_figure(fig, name: str, caption: str) -> Figure:
     """Render a matplotlib figure to an inline SVG (text stays text, so the page is searchable
     and small) and close it."""
-    from scalinglab.report.figures import pyplot
+    from scalinglab.report.figures import finish, pyplot
 
     plt = pyplot()
     import matplotlib
 
+    finish(fig)
     buffer = io.StringIO()
     try:
         with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": name}):

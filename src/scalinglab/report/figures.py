@@ -27,6 +27,7 @@ def save(fig, path: str | Path, dpi: int = DPI) -> Path:
 
     path = Path(path)
     plt = pyplot()
+    finish(fig)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_open(path, suffix=path.suffix) as fh:
@@ -102,3 +103,24 @@ def positive(xs, ys) -> tuple["np.ndarray", "np.ndarray", list[tuple[float, floa
     ok = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
     dropped = [(float(x), float(y)) for x, y in zip(xs[~ok], ys[~ok])]
     return xs[ok], ys[ok], dropped
+
+
+def finish(fig) -> None:
+    """What every saved figure gets: plain tick labels on each log axis left with matplotlib's
+    10^x labels, and a note on each axes that a log scale hid points from (values <= 0 cannot be
+    drawn there; matplotlib drops them without a word)."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    for ax in fig.axes:
+        hidden = 0
+        for axis, index in ((ax.xaxis, 0), (ax.yaxis, 1)):
+            if axis.get_scale() != "log":
+                continue
+            if type(axis.get_major_formatter()) is LogFormatterSciNotation:  # the default: not chosen by the figure
+                plain_log_axis(axis)
+            for line in ax.get_lines():
+                data = line.get_xydata()[:, index] if len(line.get_xdata()) else []
+                hidden += int(sum(1 for v in data if v == v and v <= 0))
+        if hidden:
+            ax.text(0.99, 0.01, f"{hidden} point(s) <= 0 not drawn on the log axis", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=7, color="0.35")
