@@ -333,3 +333,16 @@ def test_plan_refuses_a_saved_fit_its_points_could_not_identify(run_cli, csv, tm
     code, out, err = run_cli("plan", "--law", tmp_path / "old.json", "--flops", "1e21")
     assert code == 0, err
     assert "saved by an older scalinglab" in out
+
+
+def test_a_fit_whose_profile_is_flat_along_an_exponent_is_refused(run_cli, tmp_path):
+    # three model sizes within 4% of each other: A/N^alpha cannot tell alpha from E and A
+    frame = grid_data(laws.EPOCH_2024, [1e8, 1.02e8, 1.04e8], TOKENS, noise=0.001, seed=1)
+    frame.to_csv(tmp_path / "close.csv", index=False)
+    code, _, err = run_cli("fit", tmp_path / "close.csv", "--bootstrap", "0")
+    one_line_error(code, err, "cannot pin alpha down", "add N values spread wider", "--fix alpha=")
+    # the same sizes spread over a decade identify it
+    wide = grid_data(laws.EPOCH_2024, [1e8, 3e8, 1e9], TOKENS, noise=0.001, seed=1)
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    code, _, err = run_cli("fit", tmp_path / "wide.csv", "--bootstrap", "0")
+    assert code == 0, err

@@ -94,6 +94,7 @@ def fit(
             if split is not None:
                 held = laws.validate(data, law_form, split, bootstrap=min(bootstrap, HELD_OUT_RESAMPLES), fixed=fixed, ties=ties, **options)
             result = laws.fit(data, law_form, fixed=fixed, ties=ties, bootstrap=bootstrap, progress=report, **options)
+    _refuse_flat(result)
     derived = result.derived(flops=flops, at=points)
     beyond = laws.beyond_range(result, points, flops)
     approaches = compare_approaches(result) if compare else {}
@@ -182,6 +183,21 @@ def plan(
         print(json.dumps({**result.to_dict(), "law_detail": chosen.to_dict(), "compute_convention": COMPUTE_CONVENTION}, indent=2, default=float))
         return
     _print_plan(result, chosen)
+
+
+def _refuse_flat(result) -> None:
+    """A fit whose profile is flat along an exponent is one of a family of equally good laws:
+    refuse it, saying which data would pin it down."""
+    import numpy as np
+
+    flat = result.diagnostics.get("flat_exponents") or []
+    if not flat:
+        return
+    name = flat[0]
+    var = next((v for _, e, v in getattr(result.form, "terms", ()) if e == name), None)
+    add = f"add {var} values spread wider (these span {np.ptp(np.log10(getattr(result.data, var))):.2f} decades)" if var else "add data"
+    raise UserError(f"these points cannot pin {name} down: at half or at twice {result.params[name]:.3g}, the rest "
+                    f"refitted, they fit as well; {add}, or hold it with --fix {name}=VALUE")
 
 
 # -- printing --------------------------------------------------------------------------------

@@ -90,6 +90,12 @@ def fit(
     warnings += _bound_warnings(form, best.z, fixed)
 
     params = {k: float(v) for k, v in form.natural(best.z).items()}
+    if use_varpro:
+        flat = varpro.flat_exponents(form, params, best.value, X, objective.log_loss, robust)
+        diagnostics["flat_exponents"] = sorted(flat)
+        for name in flat:
+            warnings.append(f"the points cannot pin {name} down: at half or at twice {params[name]:.3g} (the rest "
+                            "refitted) they fit as well, so the law is one of a family")
     method = (
         "Approach 3: " + robust.describe() + (
             "; variable projection over the exponents + L-BFGS-B polish, multistart check" if use_varpro

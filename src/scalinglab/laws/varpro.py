@@ -118,3 +118,37 @@ def _zoom(spec: VarPro, theta0: Array, X: Mapping[str, Array], log_loss: Array, 
         center, span = candidates[best], span / 3
     z, values = profile(spec, center[None, :], X, log_loss, robust, weights)
     return z[0], float(values[0])
+
+
+# An exponent is not identified when moving it by 2x (one way is enough: the interval is then
+# open on that side) costs the fit, everything else re-optimised, less than this share of its
+# objective: a family of laws fits the points.
+FLAT_PROFILE = 1e-3
+
+
+def flat_exponents(form: Form, params: Mapping[str, float], value: float, X: Mapping[str, Array], log_loss: Array,
+                   robust: RobustLoss) -> dict[str, tuple[float, float]]:
+    """The exponents along which the profile is flat on at least one side: {name: (objective at
+    half, at double)}.
+
+    For each exponent, the profile at half and at twice its fitted value, minimised over the
+    other exponents on the search grid (plus their fitted values), is compared with the fit's
+    objective `value`. Cheap: a few hundred profile evaluations, no refit."""
+    spec = form.varpro
+    if spec is None:
+        return {}
+    names = spec.nonlinear
+    fitted = np.array([float(params[k]) for k in names])
+    grids = [np.unique(np.append(axis, fitted[j])) for j, axis in enumerate(spec.grid())]
+    lo, hi = EXPONENT_BOUNDS
+    flat = {}
+    for i, name in enumerate(names):
+        costs = []
+        for factor in (0.5, 2.0):
+            others = [grids[j] if j != i else np.array([np.clip(fitted[i] * factor, lo, hi)]) for j in range(len(names))]
+            mesh = np.stack([m.ravel() for m in np.meshgrid(*others, indexing="ij")], axis=1)
+            _, values = profile(spec, mesh, X, log_loss, robust)
+            costs.append(float(np.nanmin(values)))
+        if any(c <= value * (1 + FLAT_PROFILE) + 1e-15 for c in costs):
+            flat[name] = (costs[0], costs[1])
+    return flat
