@@ -42,6 +42,15 @@ SET_HELP = "Override a setting: field=value or section.field=value, e.g. optim.l
 
 DbOption = typer.Option(DEFAULT_DB, "--db", help="Results store (SQLite); created if missing.")
 
+# Options several commands share: where runs' curves go, and corpora from Hugging Face data sets.
+LOG_HELP = ("Also send every evaluation to tensorboard, wandb (offline) or both (tensorboard,wandb): an event "
+            "folder in each run's directory (default: $SCALINGLAB_LOG).")
+SPLIT_HELP = "Hugging Face data set corpora: the split to read (default train)."
+MAX_BYTES_HELP = "Hugging Face data set corpora: read documents until this many bytes, e.g. 200M."
+CORPUS_HELP = ("'stdlib' (default), a text file, a directory, .jsonl or .parquet, or a Hugging Face data set "
+               "hf:NAME[:CONFIG] (a hub name or a local folder).")
+TOKENIZER_HELP = "byte (default), bpe, a tokenizer.json file, or hf:NAME (a pretrained byte-level BPE)."
+
 
 def parse_numbers(text: str, name: str) -> tuple[float, ...]:
     """Parse a comma-separated list of numbers ('1,4,16', '16k,1M'); refuses an empty one."""
@@ -90,3 +99,20 @@ def print_table(headers: list[str], rows: list[list[str]], title: str | None = N
         console.print(title)
     for head, *rest in rows:
         console.print(f"{headers[0]} {head}: " + "; ".join(f"{h} {v}" for h, v in zip(headers[1:], rest) if v != ""))
+
+
+def use_log_option(text: str | None) -> None:
+    """`--log`: check the sinks (a missing extra fails here, before anything is stored) and send
+    this command's runs, and its workers', to them."""
+    import os
+
+    from scalinglab.train.sinks import LOG_ENV, parse_log, use_log
+
+    if text is not None:
+        use_log(parse_log(text))
+    else:
+        parse_log(os.environ.get(LOG_ENV))
+
+
+def max_bytes_option(text: str | None) -> int | None:
+    return None if text is None else int(parse_number(text, "--max-bytes"))

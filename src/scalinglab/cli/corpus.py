@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import app, console
-from scalinglab.cli.train import CORPUS_HELP, MAX_BYTES_HELP, SPLIT_HELP, TOKENIZER_HELP, max_bytes_option
+from scalinglab.cli.app import CORPUS_HELP, MAX_BYTES_HELP, SPLIT_HELP, TOKENIZER_HELP, app, console, max_bytes_option
 from scalinglab.errors import UserError
 
 corpus_app = typer.Typer(help="Prepare corpora and describe them.", no_args_is_help=True)

@@ -12,14 +12,15 @@ from scalinglab.cli.app import (
     BACKEND_HELP,
     CONFIG_HELP,
     DEFAULT_DB,
+    LOG_HELP,
     SET_HELP,
     backend_spec,
     console,
     err_console,
     parse_numbers,
+    use_log_option,
 )
 from scalinglab.cli.probe import probe_app
-from scalinglab.cli.train import LOG_HELP, use_log_option
 from scalinglab.errors import UserError
 from scalinglab.fmt import human
 

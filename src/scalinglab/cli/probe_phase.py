@@ -12,13 +12,14 @@ from scalinglab.cli.app import (
     BACKEND_HELP,
     CONFIG_HELP,
     DEFAULT_DB,
+    LOG_HELP,
     SET_HELP,
     backend_spec,
     console,
     err_console,
+    use_log_option,
 )
 from scalinglab.cli.probe import probe_app
-from scalinglab.cli.train import LOG_HELP, use_log_option
 from scalinglab.errors import UserError
 
 

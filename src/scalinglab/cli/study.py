@@ -11,21 +11,19 @@ from scalinglab.cli.app import (
     ADDRESS_HELP,
     BACKEND_HELP,
     CONFIG_HELP,
+    CORPUS_HELP,
     DEFAULT_DB,
+    LOG_HELP,
+    MAX_BYTES_HELP,
     SET_HELP,
+    SPLIT_HELP,
+    TOKENIZER_HELP,
     app,
     backend_spec,
     console,
     err_console,
-    print_table,
-)
-from scalinglab.cli.train import (
-    CORPUS_HELP,
-    LOG_HELP,
-    MAX_BYTES_HELP,
-    SPLIT_HELP,
-    TOKENIZER_HELP,
     max_bytes_option,
+    print_table,
     use_log_option,
 )
 from scalinglab.errors import UserError

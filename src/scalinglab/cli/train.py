@@ -8,33 +8,22 @@ from typing import Optional
 
 import typer
 
-from scalinglab.cli.app import DEFAULT_DB, app, console, err_console, parse_number, print_table
+from scalinglab.cli.app import (
+    CORPUS_HELP,
+    DEFAULT_DB,
+    LOG_HELP,
+    MAX_BYTES_HELP,
+    SPLIT_HELP,
+    TOKENIZER_HELP,
+    app,
+    console,
+    err_console,
+    max_bytes_option,
+    parse_number,
+    print_table,
+    use_log_option,
+)
 from scalinglab.errors import UserError
-
-LOG_HELP = ("Also send every evaluation to tensorboard, wandb (offline) or both (tensorboard,wandb): an event "
-            "folder in each run's directory (default: $SCALINGLAB_LOG).")
-SPLIT_HELP = "Hugging Face data set corpora: the split to read (default train)."
-MAX_BYTES_HELP = "Hugging Face data set corpora: read documents until this many bytes, e.g. 200M."
-CORPUS_HELP = ("'stdlib' (default), a text file, a directory, .jsonl or .parquet, or a Hugging Face data set "
-               "hf:NAME[:CONFIG] (a hub name or a local folder).")
-TOKENIZER_HELP = "byte (default), bpe, a tokenizer.json file, or hf:NAME (a pretrained byte-level BPE)."
-
-
-def use_log_option(text: str | None) -> None:
-    """`--log`: check the sinks (a missing extra fails here, before anything is stored) and send
-    this command's runs, and its workers', to them."""
-    import os
-
-    from scalinglab.train.sinks import LOG_ENV, parse_log, use_log
-
-    if text is not None:
-        use_log(parse_log(text))
-    else:
-        parse_log(os.environ.get(LOG_ENV))
-
-
-def max_bytes_option(text: str | None) -> int | None:
-    return None if text is None else int(parse_number(text, "--max-bytes"))
 
 
 @app.command()
