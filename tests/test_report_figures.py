@@ -35,12 +35,21 @@ def test_a_degenerate_law_cannot_stretch_the_isoflop_axes():
 
 
 def test_the_fit_figure_marks_its_extrapolation(tmp_path):
-    from scalinglab.report.laws import save_figures
+    from scalinglab.report.laws import fit_figure, save_figures
 
     result = _fit()
     paths = save_figures(result, tmp_path)
     assert [p.name for p in paths] == ["fit.png", "residuals.png", "isoflop.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+    fig = fit_figure(result)
+    ax = fig.axes[0]
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata())]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--" and len(ln.get_xdata())]
+    top = result.data.D.max()
+    assert solid and max(max(ln.get_xdata()) for ln in solid) <= top * 1.0001  # the law over its data
+    assert dashed and min(min(ln.get_xdata()) for ln in dashed) >= top * 0.9999  # beyond it, dashed
+    assert "extrapolation (2x)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    pyplot().close(fig)
 
 
 def test_study_fit_lines_stop_at_the_data_and_the_doubling_ahead_is_dashed():

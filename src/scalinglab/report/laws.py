@@ -19,13 +19,13 @@ def _save(fig, path: Path) -> Path:
 def save_figures(result: FitResult, out_dir: str | Path, approach2: AllocationFit | None = None) -> list[Path]:
     """Write fit.png, residuals.png and (for two-variable laws) isoflop.png into out_dir."""
     out = Path(out_dir)
-    paths = [plot_fit(result, out / "fit.png"), plot_residuals(result, out / "residuals.png")]
+    paths = [_save(fit_figure(result), out / "fit.png"), plot_residuals(result, out / "residuals.png")]
     if {"N", "D"} <= set(result.form.variables):
         paths.append(_save(isoflop_figure(result, approach2), out / "isoflop.png"))
     return paths
 
 
-def plot_fit(result: FitResult, path: Path) -> Path:
+def fit_figure(result: FitResult):
     """Loss against D (or N), points coloured by N, with the law's curve for several sizes."""
     plt = pyplot()
     data = result.data
@@ -59,7 +59,7 @@ def plot_fit(result: FitResult, path: Path) -> Path:
     ax.set_xlabel("training tokens D" if x_var == "D" else "parameters N")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"{result.form.formula}  ({result.n_points} points)", fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
 def plot_residuals(result: FitResult, path: Path) -> Path:
