@@ -102,7 +102,7 @@ def compare(name: str, batch: int, seq_len: int, rounds: int, steps: int, device
     torch.manual_seed(0)
     ours = GPT(cfg).to(dev)
     ours_run = torch.compile(ours) if compile_model else ours
-    ours_opt = make_optimizer(ours, plan, placement)
+    ours_opt = make_optimizer(ours, plan)
     sampler = BatchSampler(tokens, seq_len, batch, seed=0)
     state = {"step": 0}
 

@@ -315,7 +315,7 @@ def measure_throughput(plan: SizePlan, device: str, dtype: str, steps: int = 4) 
     model = GPT(plan.model).to(placement.device)
     run_plan = RunPlan(config=RunConfig(), model=plan.model, batch_size=plan.batch_size, seq_len=plan.seq_len,
                        lr=plan.lr, schedule=Schedule("constant", 1, 0), eval_steps=[])
-    optimizer = make_optimizer(model, run_plan, placement)
+    optimizer = make_optimizer(model, run_plan)
     data = torch.from_numpy(np.random.default_rng(0).integers(0, plan.model.vocab_size, (plan.batch_size, plan.seq_len + 1)))
     x, y = data[:, :-1], data[:, 1:]
     train_step(model, optimizer, x, y, plan.lr, 1.0, placement)  # warm-up

@@ -303,7 +303,7 @@ class _Loop:
         check_disk((2 + len(spec.snapshot_steps)) * (12.0 * params + 2**16), out_dir, f"run {spec.run_id}")
         self.optimizer = adamw(self.model, lr=spec.lr, weight_decay=spec.optim.weight_decay,
                                betas=(spec.optim.beta1, spec.optim.beta2), eps=spec.optim.eps,
-                               decay=spec.optim.decay, fused=self.device.type == "cuda")
+                               decay=spec.optim.decay)
         self.step, self.wall, self.window = 0, 0.0, (0.0, 0)
         start = self.last if self.last.exists() else spec.init_from
         if start is not None:

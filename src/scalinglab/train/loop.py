@@ -305,11 +305,10 @@ def check_run_memory(plan: RunPlan, *, ranks: int = 1) -> None:
     check_memory({label: estimate}, processes=processes, device=device_type, available=available, fix=fix)
 
 
-def make_optimizer(model: torch.nn.Module, plan: RunPlan, placement: Placement) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, plan: RunPlan) -> torch.optim.Optimizer:
     """The optimizer a plan's run uses (for the throughput probes that time its step)."""
     o = plan.config.optim
-    return adamw(model, lr=plan.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps, decay=o.decay,
-                 fused=placement.device.type == "cuda")
+    return adamw(model, lr=plan.lr, weight_decay=o.weight_decay, betas=(o.beta1, o.beta2), eps=o.eps, decay=o.decay)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, lr: float,

@@ -17,5 +17,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay: str = "matr
 
 
 def adamw(model: torch.nn.Module, *, lr: float, weight_decay: float, betas: tuple[float, float],
-          eps: float = 1e-8, decay: str = "matrices", fused: bool = False) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, weight_decay, decay), lr=lr, betas=betas, eps=eps, fused=fused or None)
+          eps: float = 1e-8, decay: str = "matrices") -> torch.optim.Optimizer:
+    """AdamW in its fused form, on CPU as on CUDA: one kernel per parameter for the whole update,
+    2-4x faster than the loop of ops on a CPU (docs/LOG.md). The same update up to float rounding;
+    its state is the loop's, so checkpoints load either way."""
+    return torch.optim.AdamW(param_groups(model, weight_decay, decay), lr=lr, betas=betas, eps=eps, fused=True)
