@@ -83,9 +83,9 @@ def test_rotary_attention_scores_depend_only_on_relative_position():
     head_dim, length = 16, 40
     rotations = Rotary(head_dim, 10000.0).tables(length, torch.device("cpu"))[:length]
     q, k = torch.randn(head_dim), torch.randn(head_dim)
-    # the same query and key at every position: (1, T, 1, hd)
-    rq = apply_rotary(q.expand(1, length, 1, head_dim), rotations)[0, :, 0]
-    rk = apply_rotary(k.expand(1, length, 1, head_dim), rotations)[0, :, 0]
+    # the same query and key at every position: (1, 1, T, hd)
+    rq = apply_rotary(q.expand(1, 1, length, head_dim), rotations)[0, 0]
+    rk = apply_rotary(k.expand(1, 1, length, head_dim), rotations)[0, 0]
     scores = rq @ rk.T  # (T, T): query position x key position
     for shift in (1, 7, 20):
         assert torch.allclose(scores[:-shift, :-shift], scores[shift:, shift:], atol=1e-4)
@@ -96,6 +96,6 @@ def test_rotary_attention_scores_depend_only_on_relative_position():
 def test_the_compiled_rotary_form_computes_the_same_rotation():
     from scalinglab.model import Rotary, apply_rotary, rotate_pairs_real
 
-    x = torch.randn(2, 12, 3, 8)
+    x = torch.randn(2, 3, 12, 8)
     rotations = Rotary(8, 10000.0).tables(12, torch.device("cpu"))[:12]
     assert torch.allclose(apply_rotary(x, rotations), rotate_pairs_real(x, rotations), atol=1e-6)
