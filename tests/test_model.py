@@ -65,6 +65,31 @@ def test_incremental_decoding_matches_the_full_forward():
         assert torch.equal(model(changed)[:, :10], full[:, :10])
 
 
+def test_the_block_cache_matches_the_full_forward_across_blocks_and_when_reused():
+    from scalinglab.model import CACHE_BLOCK
+
+    torch.manual_seed(0)
+    model = GPT(preset("10k")).eval()
+    T, prompt = 2 * CACHE_BLOCK + 9, CACHE_BLOCK + 3  # a prompt spanning two blocks, then steps into a third
+    first, second = torch.randint(0, 256, (2, 2, T))
+
+    def incremental(idx, cache):
+        parts = [model.forward_step(idx[:, :prompt], cache, 0)]
+        parts += [model.forward_step(idx[:, p : p + 1], cache, p) for p in range(prompt, T)]
+        return torch.cat(parts, dim=1)
+
+    with torch.no_grad():
+        cache = model.new_cache(capacity=T)
+        assert torch.allclose(incremental(first, cache), model(first), atol=1e-5)
+        with pytest.raises(ValueError, match="holds"):
+            model.forward_step(first[:, :1], cache, T)
+        # emptied, the cache's blocks are reused for the next sequence and nothing of the first leaks
+        model.reset_cache(cache)
+        reused = incremental(second, cache)
+        assert torch.equal(reused, incremental(second, model.new_cache(capacity=T)))
+        assert torch.allclose(reused, model(second), atol=1e-5)
+
+
 def test_a_model_used_in_inference_mode_still_trains():
     torch.manual_seed(0)
     model = GPT(preset("10k"))

@@ -6,7 +6,7 @@ the uniform code) and then the batch's tokens position by position (see `lm`). T
 
     offset  size  field
     0       4     magic b"SLLM"
-    4       1     format version (1)
+    4       1     format version (3)
     5       1     probability precision in bits (24)
     6       1     device kind the probabilities were computed on (0 cpu, 1 cuda)
     7       1     torch threads
@@ -54,8 +54,10 @@ from scalinglab.fsutil import atomic_open
 
 MAGIC = b"SLLM"
 # The version names the format and the model computation behind its probabilities: 2 pairs
-# rotary dimensions as adjacent (complex) pairs, which changes every probability of version 1.
-VERSION = 2
+# rotary dimensions as adjacent (complex) pairs, which changes every probability of version 1;
+# 3 reads the key/value cache in blocks (`model.attend_cached`), which sums attention in another
+# order and so moves probabilities of version 2 by float rounding.
+VERSION = 3
 _FIXED = struct.Struct("<4sBBBBIIIQQQI32s32sH")
 _DEVICES = {"cpu": 0, "cuda": 1}
 

@@ -219,6 +219,7 @@ class LMCoder:
         lengths = chunk_lengths(n_tokens, C)
         out = np.zeros(n_tokens, dtype=np.int64)
         stats = CodingStats(n_tokens, 0.0, 0.0, 0.0, 0, 0.0)
+        cache = self.model.new_cache(capacity=C)  # its blocks are reused batch after batch
         with deterministic(self.setup.threads):
             start = time.perf_counter()  # after the one-time import that deterministic mode triggers
             for first in range(0, len(lengths), B):
@@ -226,7 +227,7 @@ class LMCoder:
                 n_rows = len(batch_lengths)
                 chunk_coder = batch_coder(first, n_rows)
                 model_bits, raw_bits = np.zeros(n_rows), np.zeros(n_rows)  # each chunk's cost both ways
-                cache = self.model.new_cache(capacity=int(batch_lengths.max()))
+                self.model.reset_cache(cache)
                 inputs = torch.full((n_rows, 1), self.setup.prefix_token, dtype=torch.long)
                 for s in range(int(batch_lengths.max())):
                     logits = self.model.forward_step(inputs.to(self.device), cache, s)[:, 0].float().cpu()  # (rows, V)
