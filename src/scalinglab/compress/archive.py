@@ -55,8 +55,9 @@ from scalinglab.fsutil import atomic_open
 MAGIC = b"SLLM"
 # The version names the format and the model computation behind its probabilities: 2 pairs
 # rotary dimensions as adjacent (complex) pairs, which changes every probability of version 1;
-# 3 reads the key/value cache in blocks (`model.attend_cached`), which sums attention in another
-# order and so moves probabilities of version 2 by float rounding.
+# 3 reads the key/value cache in blocks (`model.attend_cached`) and folds RMSNorm's gain into the
+# next layer's weight (`model.RMSNorm`): sums in another order, which move the probabilities of
+# version 2 by float rounding.
 VERSION = 3
 _FIXED = struct.Struct("<4sBBBBIIIQQQI32s32sH")
 _DEVICES = {"cpu": 0, "cuda": 1}
