@@ -275,7 +275,8 @@ def main() -> None:
             print(f"[{name}] ...", flush=True)
             new = run_part(name, gpu, args.rehearse and not gpu, Path(tmp))
             if args.rehearse and not gpu and name != "tests":
-                new = [Row(r.part, r.figure, r.value, r.goal, "NOT RUN" if r.status != "FAIL" else "FAIL",
+                new = [Row(r.part, f"(rehearsal, toy size) {r.figure}", r.value, r.goal,
+                           "NOT RUN" if r.status != "FAIL" else "FAIL",
                            f"rehearsal on the CPU ({r.status}): {r.detail}") for r in new]
             for row in new:
                 print(f"[{name}] {row.status}: {row.figure} = {row.value} {row.detail}", flush=True)
