@@ -48,9 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_throughput's reference loop
 
 from scalinglab.device import cuda_present  # noqa: E402
+from train_throughput import PEAK_BF16, compare  # noqa: E402
 
 PARTS = ("tests", "gpt2", "sharing", "compress", "study")
-PEAK_BF16 = 989e12  # H100 SXM / H200 dense bf16 FLOP/s, the datasheet's (MFU's denominator)
 
 
 @dataclass
@@ -90,8 +90,6 @@ def part_tests(gpu: bool) -> list[Row]:
 
 
 def part_gpt2(dev: str) -> list[Row]:
-    from train_throughput import compare
-
     if dev == "cuda":
         r = compare("gpt2", 16, 1024, rounds=3, steps=10, device=dev, dtype="bfloat16", compile_model=True, vocab=50304)
     else:  # rehearsal: the same code on a small model
