@@ -238,8 +238,8 @@ def attend_cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: dict
     while pos < past + T:  # a step writes one position; a prompt may span blocks
         block, offset = divmod(pos, CACHE_BLOCK)
         if block == len(keys):
-            keys.append(_zeroed_block(cache.get("spare_k"), k, CACHE_BLOCK))
-            values.append(_zeroed_block(cache.get("spare_v"), v, CACHE_BLOCK))
+            keys.append(_zeroed_block(cache.get("spare_k"), k))
+            values.append(_zeroed_block(cache.get("spare_v"), v))
         count = min(CACHE_BLOCK - offset, past + T - pos)
         keys[block][:, :, offset : offset + count] = k[:, :, pos - past : pos - past + count]
         values[block][:, :, offset : offset + count] = v[:, :, pos - past : pos - past + count]
@@ -258,15 +258,16 @@ def attend_cached(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: dict
     return y.view(B, H, T, hd)
 
 
-def _zeroed_block(spares: list | None, like: torch.Tensor, block: int) -> torch.Tensor:
-    """A zeroed (B, H, block, hd) tensor: a spare one of that shape when there is one. Reusing
-    memory already mapped spares a page fault a 4 kB page, which costs more than the zeroing."""
+def _zeroed_block(spares: list | None, like: torch.Tensor) -> torch.Tensor:
+    """A zeroed (B, H, CACHE_BLOCK, hd) block for keys or values like `like`: a spare one of that
+    shape when there is one. Reusing memory already mapped spares a page fault a 4 kB page,
+    which costs more than the zeroing."""
     B, H, _, hd = like.shape
     while spares:
         spare = spares.pop()
-        if spare.shape == (B, H, block, hd) and spare.dtype == like.dtype and spare.device == like.device:
+        if spare.shape == (B, H, CACHE_BLOCK, hd) and spare.dtype == like.dtype and spare.device == like.device:
             return spare.zero_()
-    return like.new_zeros(B, H, block, hd)
+    return like.new_zeros(B, H, CACHE_BLOCK, hd)
 
 
 class MLP(nn.Module):
