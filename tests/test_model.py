@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scalinglab.errors import UserError
-from scalinglab.model import GPT, ModelConfig, count_params, flops_per_token, preset, shape_for_params
+from scalinglab.model import GPT, ModelConfig, count_params, flops_per_token, loss_fn, preset, shape_for_params
 
 
 def test_parameter_counts_match_a_hand_count():
@@ -88,6 +88,31 @@ def test_the_block_cache_matches_the_full_forward_across_blocks_and_when_reused(
         reused = incremental(second, cache)
         assert torch.equal(reused, incremental(second, model.new_cache(capacity=T)))
         assert torch.allclose(reused, model(second), atol=1e-5)
+
+
+def test_the_cpu_norm_path_gives_pytorchs_loss_and_gradients(monkeypatch):
+    """On a CPU, RMSNorm's gain is folded into the next layer and its backward is written out;
+    the loss and every gradient must be what PyTorch's own F.rms_norm path gives."""
+    torch.manual_seed(0)
+    model = GPT(preset("30k"))
+    idx = torch.randint(0, 256, (2, 33))
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model(idx[:, :-1]), idx[:, 1:])
+        loss.backward()
+        return float(loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    with torch.no_grad():  # gains away from 1, so that folding them matters
+        for name, p in model.named_parameters():
+            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
+                p.uniform_(0.5, 1.5)
+    fast_loss, fast = loss_and_grads()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the path CUDA and compile take
+    ref_loss, ref = loss_and_grads()
+    assert fast_loss == pytest.approx(ref_loss, rel=1e-6)
+    for name in ref:
+        assert torch.allclose(fast[name], ref[name], rtol=1e-4, atol=1e-6), name
 
 
 def test_a_model_used_in_inference_mode_still_trains():
